@@ -1,0 +1,768 @@
+"""StandX Perps market maker: one post-only buy and one post-only sell around the mark price.
+
+Every CHECK_INTERVAL the loop (1) closes any position at once with a reduce-only IOC market
+order, (2) reads the mark price and our resting orders, (3) requotes a side whose order is
+missing or has drifted out of the band. Every 10 loops it reads the balance and widens the
+band when the balance is low. SIGTERM/SIGINT: finish the loop, cancel our orders, confirm.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import secrets
+import signal
+import stat
+import sys
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from typing import Any, Mapping
+
+from dotenv import load_dotenv
+
+import standx_api as api
+from standx_auth import (DEFAULT_AUTH_BASE_URL, DEFAULT_PERPS_BASE_URL, Clock, RealClock,
+                         StandXAuth, StandXError, UnknownOutcomeError, normalize_private_key)
+
+log = logging.getLogger("market_maker")
+
+BUY, SELL = "buy", "sell"
+SIDES = (BUY, SELL)
+# Our orders, and only ours, start with this: a person's manual orders are never touched.
+CL_ORD_ID_PREFIX = "sxmm"
+LIVE_STATUSES = frozenset({"new", "open", "partially_filled"})
+BALANCE_CHECK_EVERY_LOOPS = 10
+# An order not visible after this long is treated as lost (cancelled by id if it shows up).
+ORDER_VISIBLE_TIMEOUT_S = 3.0
+# A cancel not effective after this long is sent again.
+CANCEL_RETRY_S = 2.0
+# After a close is sent, wait this long for the position to reflect it before closing again.
+CLOSE_SETTLE_S = 1.0
+# The original strategy's pause between "cancel all" and "place both".
+CANCEL_FIRST_PAUSE_S = 1.0
+STATUS_EVERY_S = 60.0
+STOP_DEADLINE_S = 14.0
+STOP_POLL_S = 0.3
+STARTUP_BACKOFF_MAX_S = 60.0
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+
+NORMAL, DEGRADED_1, DEGRADED_2 = "normal", "degraded_1", "degraded_2"
+
+
+class ConfigError(Exception):
+    """A bad setting: names the variable and the problem, never the secret value."""
+
+    def __init__(self, variable: str, problem: str):
+        self.variable = variable
+        super().__init__(f"{variable}: {problem}")
+
+
+@dataclass(frozen=True)
+class Band:
+    target_bps: Decimal
+    min_bps: Decimal
+    max_bps: Decimal
+
+
+DEGRADED_BANDS = {
+    DEGRADED_1: Band(Decimal("25"), Decimal("20"), Decimal("29.5")),
+    DEGRADED_2: Band(Decimal("80"), Decimal("70"), Decimal("95")),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    private_key: str = field(repr=False)
+    symbol: str = "BTC-USD"
+    qty: Decimal = Decimal("0.005")
+    band: Band = Band(Decimal("7.5"), Decimal("7.0"), Decimal("10"))
+    balance_threshold_1: Decimal = Decimal("100")
+    balance_threshold_2: Decimal = Decimal("50")
+    check_interval_s: float = 0.5
+    time_in_force: str = "alo"
+    requote_mode: str = "replace"
+    log_level: str = "INFO"
+    auth_base_url: str = DEFAULT_AUTH_BASE_URL
+    perps_base_url: str = DEFAULT_PERPS_BASE_URL
+
+
+# ---- configuration -------------------------------------------------------------------------
+
+def _decimal_setting(env: Mapping[str, str], name: str, default: str) -> Decimal:
+    raw = env.get(name, "").strip() or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ConfigError(name, f"must be a number (got {raw!r})") from None
+    if not value.is_finite():
+        raise ConfigError(name, f"must be a finite number (got {raw!r})")
+    return value
+
+
+def _choice_setting(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name, "").strip() or default).lower()
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)} (got {value!r})")
+    return value
+
+
+def _url_setting(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ConfigError(name, f"must be an http(s) URL (got {value!r})")
+    return value.rstrip("/")
+
+
+def load_config(env: Mapping[str, str]) -> Config:
+    """Read and validate every setting; the first bad one raises ConfigError."""
+    raw_key = env.get("WALLET_PRIVATE_KEY", "")
+    if not raw_key.strip():
+        raise ConfigError("WALLET_PRIVATE_KEY", "is not set")
+    try:
+        private_key = normalize_private_key(raw_key)
+    except ValueError as exc:
+        raise ConfigError("WALLET_PRIVATE_KEY", str(exc)) from None
+
+    symbol = env.get("MARKET_MAKER_SYMBOL", "").strip().upper() or "BTC-USD"
+    if not re.fullmatch(r"[A-Z0-9]+-[A-Z0-9]+", symbol):
+        raise ConfigError("MARKET_MAKER_SYMBOL", f"must look like BTC-USD (got {symbol!r})")
+
+    qty = _decimal_setting(env, "MARKET_MAKER_QTY", "0.005")
+    if qty <= 0:
+        raise ConfigError("MARKET_MAKER_QTY", f"must be greater than 0 (got {qty})")
+
+    band = Band(_decimal_setting(env, "MARKET_MAKER_TARGET_BPS", "7.5"),
+                _decimal_setting(env, "MARKET_MAKER_MIN_BPS", "7.0"),
+                _decimal_setting(env, "MARKET_MAKER_MAX_BPS", "10"))
+    if not 0 < band.min_bps:
+        raise ConfigError("MARKET_MAKER_MIN_BPS", f"must be greater than 0 (got {band.min_bps})")
+    if not band.min_bps <= band.target_bps:
+        raise ConfigError("MARKET_MAKER_TARGET_BPS",
+                          f"must be between MIN_BPS and MAX_BPS (got {band.target_bps} < {band.min_bps})")
+    if not band.target_bps <= band.max_bps:
+        raise ConfigError("MARKET_MAKER_MAX_BPS",
+                          f"must be at least TARGET_BPS (got {band.max_bps} < {band.target_bps})")
+    if band.max_bps >= 10000:
+        raise ConfigError("MARKET_MAKER_MAX_BPS", f"must be below 10000 (got {band.max_bps})")
+
+    threshold_1 = _decimal_setting(env, "MARKET_MAKER_BALANCE_THRESHOLD_1", "100")
+    threshold_2 = _decimal_setting(env, "MARKET_MAKER_BALANCE_THRESHOLD_2", "50")
+    if threshold_2 < 0:
+        raise ConfigError("MARKET_MAKER_BALANCE_THRESHOLD_2", f"must not be negative (got {threshold_2})")
+    if threshold_2 > threshold_1:
+        raise ConfigError("MARKET_MAKER_BALANCE_THRESHOLD_2",
+                          f"must not exceed THRESHOLD_1 (got {threshold_2} > {threshold_1})")
+
+    interval = _decimal_setting(env, "MARKET_MAKER_CHECK_INTERVAL", "0.5")
+    if not Decimal("0.1") <= interval <= Decimal("60"):
+        raise ConfigError("MARKET_MAKER_CHECK_INTERVAL",
+                          f"must be between 0.1 and 60 seconds (got {interval})")
+
+    return Config(
+        private_key=private_key, symbol=symbol, qty=qty, band=band,
+        balance_threshold_1=threshold_1, balance_threshold_2=threshold_2,
+        check_interval_s=float(interval),
+        time_in_force=_choice_setting(env, "MARKET_MAKER_TIME_IN_FORCE", "alo", ("alo", "gtc")),
+        requote_mode=_choice_setting(env, "MARKET_MAKER_REQUOTE", "replace", ("replace", "cancel_first")),
+        log_level=_choice_setting(env, "LOG_LEVEL", "INFO", ("debug", "info", "warning", "error")).upper(),
+        auth_base_url=_url_setting(env, "STANDX_AUTH_BASE_URL", DEFAULT_AUTH_BASE_URL),
+        perps_base_url=_url_setting(env, "STANDX_PERPS_BASE_URL", DEFAULT_PERPS_BASE_URL),
+    )
+
+
+# ---- pure decisions ------------------------------------------------------------------------
+
+def mode_for_balance(balance: Decimal, threshold_1: Decimal, threshold_2: Decimal) -> str:
+    if balance >= threshold_1:
+        return NORMAL
+    if balance >= threshold_2:
+        return DEGRADED_1
+    return DEGRADED_2
+
+
+def band_for_mode(mode: str, configured: Band) -> Band:
+    return DEGRADED_BANDS.get(mode, configured)
+
+
+def round_to_step(value: Decimal, step: Decimal, rounding: str) -> Decimal:
+    return (value / step).to_integral_value(rounding=rounding) * step
+
+
+def quote_price(side: str, mark: Decimal, target_bps: Decimal, tick: Decimal,
+                best_bid: Decimal | None = None, best_ask: Decimal | None = None) -> Decimal:
+    """Target price for a side, rounded to the tick away from the mark.
+
+    A post-only quote that would cross the book is rejected, so a buy stays below the best
+    ask and a sell above the best bid (mark can sit away from the book in fast markets).
+    """
+    offset = mark * target_bps / Decimal(10000)
+    if side == BUY:
+        price = round_to_step(mark - offset, tick, ROUND_FLOOR)
+        if best_ask is not None:
+            price = min(price, round_to_step(best_ask - tick, tick, ROUND_FLOOR))
+    else:
+        price = round_to_step(mark + offset, tick, ROUND_CEILING)
+        if best_bid is not None:
+            price = max(price, round_to_step(best_bid + tick, tick, ROUND_CEILING))
+    return price
+
+
+def distance_bps(side: str, price: Decimal, mark: Decimal) -> Decimal:
+    """How far a quote sits from the mark on its own side (negative = on the wrong side)."""
+    gap = mark - price if side == BUY else price - mark
+    return gap / mark * Decimal(10000)
+
+
+def in_band(side: str, price: Decimal, mark: Decimal, band: Band) -> bool:
+    return band.min_bps <= distance_bps(side, price, mark) <= band.max_bps
+
+
+def signed_position(rows: Any, symbol: str) -> Decimal:
+    """Net position of the symbol: `side` when given, else the sign of `qty` (negative = short)."""
+    if not isinstance(rows, list):
+        raise ValueError("positions answer is not a list")
+    total = Decimal(0)
+    for row in rows:
+        if row.get("symbol") != symbol:
+            continue
+        qty = Decimal(str(row["qty"]))
+        side = str(row.get("side") or "").lower()
+        if side in ("short", SELL):
+            qty = -abs(qty)
+        elif side in ("long", BUY):
+            qty = abs(qty)
+        total += qty
+    return total
+
+
+def positive_decimal(value: Any) -> Decimal | None:
+    """A price field as a positive Decimal, or None when absent, null or malformed."""
+    try:
+        number = Decimal(str(value)) if value is not None else None
+    except InvalidOperation:
+        return None
+    return number if number is not None and number.is_finite() and number > 0 else None
+
+
+def is_our_order(order: Mapping[str, Any]) -> bool:
+    return str(order.get("cl_ord_id") or "").startswith(CL_ORD_ID_PREFIX)
+
+
+def is_live(order: Mapping[str, Any]) -> bool:
+    return str(order.get("status", "")).lower() in LIVE_STATUSES
+
+
+# ---- state ---------------------------------------------------------------------------------
+
+@dataclass
+class SymbolRules:
+    tick: Decimal
+    lot: Decimal
+    min_qty: Decimal
+
+
+@dataclass
+class Market:
+    mark: Decimal
+    best_bid: Decimal | None
+    best_ask: Decimal | None
+
+
+@dataclass
+class OurOrder:
+    """One order we sent. Not `seen` yet = in flight; `stale` = priced for another mode;
+    `cancel_sent_at` set = being cancelled."""
+    cl_ord_id: str
+    side: str
+    price: Decimal
+    sent_at: float
+    seen: bool = False
+    stale: bool = False
+    cancel_sent_at: float | None = None
+
+    @property
+    def cancelling(self) -> bool:
+        return self.cancel_sent_at is not None
+
+
+def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
+    """Tick, lot and minimum size of the symbol from query_symbol_info."""
+    row = next((r for r in rows or [] if isinstance(r, dict) and r.get("symbol") == symbol), None)
+    if row is None:
+        raise ConfigError("MARKET_MAKER_SYMBOL", f"{symbol} is not listed by the exchange")
+    try:
+        return SymbolRules(tick=Decimal(1).scaleb(-int(row["price_tick_decimals"])),
+                           lot=Decimal(1).scaleb(-int(row["qty_tick_decimals"])),
+                           min_qty=Decimal(str(row["min_order_qty"])))
+    except (KeyError, TypeError, ValueError, InvalidOperation):
+        raise StandXError(f"symbol info for {symbol} is malformed", 200) from None
+
+
+def check_qty(qty: Decimal, rules: SymbolRules) -> None:
+    if qty < rules.min_qty:
+        raise ConfigError("MARKET_MAKER_QTY", f"{qty} is below the exchange minimum {rules.min_qty}")
+    if qty % rules.lot != 0:
+        raise ConfigError("MARKET_MAKER_QTY", f"{qty} is not a multiple of the lot size {rules.lot}")
+
+
+# ---- the daemon ----------------------------------------------------------------------------
+
+class MarketMaker:
+    """The quoting loop. All time comes from `clock`; all exchange access goes through `auth`."""
+
+    def __init__(self, config: Config, auth: StandXAuth, clock: Clock | None = None,
+                 run_id: str | None = None):
+        self.config = config
+        self.auth = auth
+        self.clock: Clock = clock or auth.clock
+        self.run_id = run_id or secrets.token_hex(3)
+        self.rules: SymbolRules | None = None
+        self.mode = NORMAL
+        self.band = config.band
+        self.balance: Decimal | None = None
+        self.market: Market | None = None
+        self.position = Decimal(0)
+        self.orders: list[OurOrder] = []
+        self.stray_cancels: dict[str, float] = {}
+        self.iteration = 0
+        self.order_counter = 0
+        self.close_settles_at = 0.0
+        self.last_order_sent_at = 0.0
+        self.requotes = 0
+        self.fills = 0
+        self.orders_placed = 0
+        self.started_at = self.clock.now()
+        self.last_status_at = self.started_at
+        self.stop_requested = False
+
+    # -- lifecycle --
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Finish the current loop, then stop; every request from now on fits the deadline."""
+        if not self.stop_requested:
+            log.info("%s: stopping (cancelling our orders)", reason)
+            self.stop_requested = True
+            self.auth.deadline = self.clock.now() + STOP_DEADLINE_S
+
+    def start(self) -> None:
+        """Log in, load the symbol's rules, cancel our leftovers, read the balance."""
+        self.auth.authenticate()
+        self.rules = parse_symbol_rules(api.query_symbol_info(self.auth, self.config.symbol),
+                                        self.config.symbol)
+        check_qty(self.config.qty, self.rules)
+        leftovers = [o["cl_ord_id"] for o in self._read_open_orders_or_raise() if is_our_order(o)]
+        if leftovers:
+            log.info("cancelling %d order(s) of ours left by an earlier run", len(leftovers))
+            self._cancel_ids(leftovers)
+        self._set_mode(self._read_balance_or_raise(), initial=True)
+
+    def start_with_retry(self) -> bool:
+        """start(), retried with backoff while the exchange is unreachable; False if stopped."""
+        backoff_s = 1.0
+        while not self.stop_requested:
+            try:
+                self.start()
+                return True
+            except StandXError as exc:
+                log.error("cannot start yet (%s): retrying in %.0f s", exc, backoff_s)
+                self.clock.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, STARTUP_BACKOFF_MAX_S)
+        return False
+
+    def run(self, duration_s: float | None = None) -> int:
+        """Loop until stopped (or `duration_s` elapsed), then stop cleanly; the exit code."""
+        if not self.start_with_retry():
+            return EXIT_OK
+        ends_at = None if duration_s is None else self.clock.now() + duration_s
+        while not self.stop_requested:
+            started = self.clock.now()
+            self.run_once()
+            if ends_at is not None and self.clock.now() >= ends_at:
+                self.request_stop("duration reached")
+            if not self.stop_requested:
+                self.clock.sleep(max(self.config.check_interval_s - (self.clock.now() - started), 0.0))
+        return EXIT_OK if self.shutdown() else EXIT_ERROR
+
+    # -- one loop --
+
+    def run_once(self) -> None:
+        """One pass: balance (every 10th), position, price, orders, requote."""
+        self.iteration += 1
+        if self.iteration % BALANCE_CHECK_EVERY_LOOPS == 0:
+            self._refresh_mode()
+        position = self._read_position()
+        if position is None:
+            return
+        self._note_position(position)
+        if position != 0:
+            self.close_position(position)
+        market = self._read_market()
+        open_orders = self._read_open_orders()
+        if market is None or open_orders is None:
+            return  # unknown state: decide nothing this loop
+        self.market = market
+        self.reconcile(open_orders)
+        self.requote(market)
+        self._maybe_log_status()
+
+    def _refresh_mode(self) -> None:
+        try:
+            balance = self._read_balance_or_raise()
+        except StandXError as exc:
+            log.warning("balance read failed (%s): keeping mode %s", exc, self.mode)
+            return
+        self._set_mode(balance)
+
+    def _set_mode(self, balance: Decimal, initial: bool = False) -> None:
+        self.balance = balance
+        mode = mode_for_balance(balance, self.config.balance_threshold_1, self.config.balance_threshold_2)
+        if mode == self.mode and not initial:
+            return
+        log.info("balance %s: mode %s (band %s/%s/%s bps)", balance, mode,
+                 *vars(band_for_mode(mode, self.config.band)).values())
+        if mode != self.mode:
+            # Every quote was priced for the old band: both sides are requoted at once.
+            for order in self.orders:
+                order.stale = True
+        self.mode, self.band = mode, band_for_mode(mode, self.config.band)
+
+    def _note_position(self, position: Decimal) -> None:
+        if position != 0 and self.position == 0:
+            self.fills += 1
+            log.info("filled: position %s %s, closing", position, self.config.symbol)
+        elif position == 0 and self.position != 0:
+            log.info("position closed: flat again")
+        self.position = position
+
+    # -- reads (None = unknown) --
+
+    def _read_position(self) -> Decimal | None:
+        try:
+            return signed_position(api.query_positions(self.auth, self.config.symbol), self.config.symbol)
+        except StandXError as exc:
+            log.warning("position read failed (%s): skipping this loop", exc)
+        except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
+            log.warning("position answer malformed: skipping this loop")
+        return None
+
+    def _read_market(self) -> Market | None:
+        try:
+            prices = api.query_symbol_price(self.auth, self.config.symbol)
+        except StandXError as exc:
+            log.warning("price read failed (%s): no quote decision this loop", exc)
+            return None
+        if not isinstance(prices, dict):
+            log.warning("price answer malformed: no quote decision this loop")
+            return None
+        mark = positive_decimal(prices.get("mark_price")) or positive_decimal(prices.get("mid_price"))
+        if mark is None:
+            log.warning("price answer has no usable mark or mid price: no quote decision this loop")
+            return None
+        return Market(mark, positive_decimal(prices.get("spread_bid")),
+                      positive_decimal(prices.get("spread_ask")))
+
+    def _read_open_orders(self) -> list[dict[str, Any]] | None:
+        try:
+            return self._read_open_orders_or_raise()
+        except StandXError as exc:
+            log.warning("open orders read failed (%s): keeping last known state", exc)
+            return None
+
+    def _read_open_orders_or_raise(self) -> list[dict[str, Any]]:
+        answer = api.query_open_orders(self.auth, self.config.symbol)
+        rows = answer.get("result") if isinstance(answer, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise StandXError("open orders answer malformed", 200)
+        return [r for r in rows if r.get("symbol", self.config.symbol) == self.config.symbol and is_live(r)]
+
+    def _read_balance_or_raise(self) -> Decimal:
+        snapshot = api.query_balance(self.auth)
+        value = snapshot.get("balance") if isinstance(snapshot, dict) else None
+        if value is None and isinstance(snapshot, dict):
+            value = snapshot.get("equity")
+        try:
+            return Decimal(str(value))
+        except InvalidOperation:
+            raise StandXError("balance answer malformed", 200) from None
+
+    # -- our orders --
+
+    def reconcile(self, open_orders: list[dict[str, Any]]) -> None:
+        """Match our tracked orders with what the exchange shows; cancel strays of ours."""
+        now = self.clock.now()
+        visible = {o["cl_ord_id"]: o for o in open_orders if is_our_order(o)}
+        kept: list[OurOrder] = []
+        for order in self.orders:
+            if order.cl_ord_id in visible:
+                order.seen = True
+                kept.append(order)
+                if order.cancelling and now - order.cancel_sent_at >= CANCEL_RETRY_S:
+                    self._cancel(order)
+            elif not order.seen and now - order.sent_at < ORDER_VISIBLE_TIMEOUT_S:
+                kept.append(order)  # still in flight
+            elif not order.cancelling:
+                why = "filled or cancelled" if order.seen else "never became visible (rejected or lost)"
+                log.info("%s order %s at %s is gone: %s", order.side, order.cl_ord_id, order.price, why)
+        self.orders = kept
+        tracked = {o.cl_ord_id for o in self.orders}
+        strays = [cid for cid in visible if cid not in tracked]
+        if self._cancel_ids(strays):
+            log.info("cancelled stray order(s) of ours: %s", ", ".join(strays))
+        self.stray_cancels = {cid: t for cid, t in self.stray_cancels.items() if cid in visible}
+
+    def _active(self, side: str) -> list[OurOrder]:
+        return [o for o in self.orders if o.side == side and not o.cancelling]
+
+    def side_needs_requote(self, side: str, mark: Decimal) -> bool:
+        """A side needs a new quote when it has none, or its resting one left the band.
+
+        An order still in flight counts as present: at most one order in flight per side.
+        """
+        active = self._active(side)
+        if not active:
+            return True
+        if any(not o.seen for o in active):
+            return False
+        return any(o.stale or not in_band(side, o.price, mark, self.band) for o in active)
+
+    def side_blocked_by_position(self, side: str) -> bool:
+        """While a position is open, never add to it: the side that would grow it waits."""
+        return (self.position > 0 and side == BUY) or (self.position < 0 and side == SELL)
+
+    def requote(self, market: Market) -> None:
+        stale = [s for s in SIDES if self.side_needs_requote(s, market.mark)
+                 and not self.side_blocked_by_position(s)]
+        if not stale:
+            return
+        if self.config.requote_mode == "cancel_first":
+            self._requote_cancel_first(market)
+        else:
+            for side in stale:
+                self._replace_side(side, market)
+
+    def _replace_side(self, side: str, market: Market) -> None:
+        """Make before break: place the new quote, then cancel the old one."""
+        price = self._price_for(side, market)
+        old = self._active(side)
+        if old and all(o.price == price and not o.stale for o in old):
+            return  # the book pins us at the same price: a requote would change nothing
+        self.requotes += bool(old)
+        self.place_quote(side, price)
+        for order in old:
+            self._cancel(order)
+
+    def _requote_cancel_first(self, market: Market) -> None:
+        """The original strategy: cancel everything, wait, place both sides afresh."""
+        for order in self.orders:
+            if not order.cancelling:
+                self._cancel(order)
+        self.requotes += 1
+        self.clock.sleep(CANCEL_FIRST_PAUSE_S)
+        for side in SIDES:
+            if not self.side_blocked_by_position(side):
+                self.place_quote(side, self._price_for(side, market))
+
+    def _price_for(self, side: str, market: Market) -> Decimal:
+        assert self.rules is not None
+        return quote_price(side, market.mark, self.band.target_bps, self.rules.tick,
+                           market.best_bid, market.best_ask)
+
+    def new_cl_ord_id(self, side: str) -> str:
+        self.order_counter += 1
+        return f"{CL_ORD_ID_PREFIX}{side[0]}{self.run_id}{self.order_counter}"
+
+    def place_quote(self, side: str, price: Decimal) -> None:
+        """Send one post-only quote. Tracked before sending, so an unknown outcome is looked for."""
+        order = OurOrder(self.new_cl_ord_id(side), side, price, self.clock.now())
+        self.orders.append(order)
+        self.last_order_sent_at = order.sent_at
+        self.orders_placed += 1
+        try:
+            api.new_limit_order(self.auth, self.config.symbol, side, self.config.qty, price,
+                                self.config.time_in_force, cl_ord_id=order.cl_ord_id)
+            log.debug("placed %s %s @ %s (%s)", side, self.config.qty, price, order.cl_ord_id)
+        except UnknownOutcomeError as exc:
+            log.warning("%s order %s outcome unknown (%s): not re-sending, looking for it",
+                        side, order.cl_ord_id, exc)
+        except StandXError as exc:
+            self.orders.remove(order)
+            log.warning("%s order at %s refused (%s): will re-place next loop", side, price, exc)
+
+    def _cancel(self, order: OurOrder) -> None:
+        order.cancel_sent_at = self.clock.now()
+        try:
+            api.cancel_order(self.auth, cl_ord_id=order.cl_ord_id)
+        except StandXError as exc:
+            log.warning("cancel of %s failed (%s): will retry", order.cl_ord_id, exc)
+
+    def _cancel_ids(self, cl_ord_ids: list[str]) -> bool:
+        """One batch cancel of the ids not already asked for within CANCEL_RETRY_S; True if sent."""
+        now = self.clock.now()
+        due = [cid for cid in cl_ord_ids
+               if now - self.stray_cancels.get(cid, -CANCEL_RETRY_S) >= CANCEL_RETRY_S]
+        if not due:
+            return False
+        for cid in due:
+            self.stray_cancels[cid] = now
+        try:
+            api.cancel_orders(self.auth, cl_ord_ids=due)
+        except StandXError as exc:
+            log.warning("cancel of %d order(s) failed (%s): will retry", len(due), exc)
+        return True
+
+    def close_position(self, position: Decimal) -> None:
+        """Close the whole position with a reduce-only IOC market order (it can never flip us)."""
+        if self.clock.now() < self.close_settles_at:
+            return  # the last close may not show in the position yet
+        self.close_settles_at = self.clock.now() + CLOSE_SETTLE_S
+        side = SELL if position > 0 else BUY
+        try:
+            api.new_market_order(self.auth, self.config.symbol, side, abs(position),
+                                 reduce_only=True, time_in_force="ioc",
+                                 cl_ord_id=self.new_cl_ord_id(side))
+            log.info("sent reduce-only %s %s to close the position", side, abs(position))
+        except StandXError as exc:
+            log.warning("close order failed (%s): will retry once the position shows", exc)
+
+    # -- stop --
+
+    def shutdown(self) -> bool:
+        """Cancel every order of ours and confirm none is left; close any position. True if clean."""
+        self.request_stop()
+        deadline = self.auth.deadline or self.clock.now() + STOP_DEADLINE_S
+        ids = [o.cl_ord_id for o in self.orders]
+        if ids:
+            self._cancel_ids(ids)
+        clean = False
+        while self.clock.now() < deadline:
+            self.clock.sleep(STOP_POLL_S)
+            try:
+                ours = [o["cl_ord_id"] for o in self._read_open_orders_or_raise() if is_our_order(o)]
+            except StandXError as exc:
+                log.warning("open orders read failed while stopping (%s)", exc)
+                continue
+            in_flight = self.clock.now() - self.last_order_sent_at < ORDER_VISIBLE_TIMEOUT_S
+            if not ours and not in_flight:
+                clean = True
+                break
+            if ours:
+                self._cancel_ids(ours)
+        flat = self._flatten_before_exit(deadline)
+        if clean and flat:
+            log.info("stopped: no order of ours is left open and no position")
+        else:
+            log.error("stop deadline reached: could not confirm that %s; check on the exchange "
+                      "(our orders are cancelled at the next start)",
+                      "our orders are cancelled" if not clean else "the position is closed")
+        return clean and flat
+
+    def _flatten_before_exit(self, deadline: float) -> bool:
+        """Close any position left (a fill can land while cancels are in flight) and confirm."""
+        while self.clock.now() < deadline:
+            position = self._read_position()
+            if position == 0:
+                return True
+            if position is not None:
+                self.close_position(position)
+            self.clock.sleep(STOP_POLL_S)
+        return False
+
+    # -- status --
+
+    def _maybe_log_status(self) -> None:
+        now = self.clock.now()
+        if now - self.last_status_at >= STATUS_EVERY_S:
+            self.last_status_at = now
+            log.info(self.status_line())
+
+    def status_line(self) -> str:
+        mark = self.market.mark if self.market else None
+        sides = []
+        for side in SIDES:
+            live = [o for o in self._active(side) if o.seen]
+            sides.append(f"{side} {distance_bps(side, live[0].price, mark):.2f}bps"
+                         if live and mark else f"{side} -")
+        elapsed = max(self.clock.now() - self.started_at, 1e-9)
+        return (f"status mode={self.mode} mark={mark} {' '.join(sides)} position={self.position} "
+                f"balance={self.balance} requotes={self.requotes} fills={self.fills} "
+                f"req/s={self.auth.requests_sent / elapsed:.2f}")
+
+
+# ---- command line --------------------------------------------------------------------------
+
+def warn_if_env_file_open(path: str) -> None:
+    """The .env holds the wallet key: it should be readable by its owner only."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s is readable by other users: run chmod 600 %s", path, path)
+
+
+def load_environment(env_file: str | None) -> None:
+    """Read the env file into os.environ without overriding variables already set."""
+    path = env_file or ".env"
+    if env_file and not os.path.isfile(env_file):
+        raise ConfigError("--env-file", f"no such file: {env_file}")
+    if os.path.isfile(path):
+        warn_if_env_file_open(path)
+        load_dotenv(path, override=False)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="StandX Perps market maker")
+    parser.add_argument("--env-file", help="read settings from this file (default: ./.env if present)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the settings, print them and exit (no request is sent)")
+    return parser.parse_args(argv)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stdout, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def describe(config: Config) -> str:
+    band = config.band
+    return (f"symbol={config.symbol} qty={config.qty} band={band.target_bps}/{band.min_bps}/"
+            f"{band.max_bps}bps thresholds={config.balance_threshold_1}/{config.balance_threshold_2} "
+            f"interval={config.check_interval_s}s tif={config.time_in_force} "
+            f"requote={config.requote_mode} perps={config.perps_base_url}")
+
+
+def install_signal_handlers(maker: MarketMaker) -> None:
+    def handle(signum: int, _frame: Any) -> None:
+        maker.request_stop(signal.Signals(signum).name)
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging("INFO")
+    try:
+        load_environment(args.env_file)
+        config = load_config(os.environ)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.log_level)
+    if args.check_config:
+        print(f"configuration OK: {describe(config)}")
+        return EXIT_OK
+    auth = StandXAuth(config.private_key, auth_base_url=config.auth_base_url,
+                      perps_base_url=config.perps_base_url)
+    maker = MarketMaker(config, auth)
+    install_signal_handlers(maker)
+    log.info("starting: %s wallet=%s", describe(config), auth.address)
+    try:
+        return maker.run()
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""StandX login, token lifetime, request signing, and the one HTTP session.
+
+Everything that knows about headers, signatures, retries and the wire lives here; the layers
+above see Python values and typed errors (`StandXError` and its subclasses).
+"""
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any, Protocol
+
+import base58
+import requests
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from nacl.signing import SigningKey
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AUTH_BASE_URL = "https://api.standx.com"
+DEFAULT_PERPS_BASE_URL = "https://perps.standx.com"
+CHAIN = "bsc"
+AUTH_PATH_PREFIX = "/v1/offchain/"
+TOKEN_LIFETIME_S = 7 * 24 * 3600
+# Re-login this long before the token expires, so no call ever races the expiry.
+RELOGIN_MARGIN_S = 3600
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 10.0
+READ_ATTEMPTS = 3
+READ_RETRY_PAUSE_S = 0.2
+# Without Retry-After, a 429 still pauses every call for this long.
+DEFAULT_RATE_LIMIT_BACKOFF_S = 1.0
+# Public market data needs no token; every other call carries the Bearer token.
+PUBLIC_PATHS = frozenset({"/api/query_symbol_info", "/api/query_symbol_price", "/api/health"})
+CLOCK_HINT = "the server clock looks wrong: sync it (sudo timedatectl set-ntp true)"
+_MAX_MESSAGE_CHARS = 200
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class RealClock:
+    """Wall-clock time. The backtest swaps in a virtual clock with the same two methods."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+class StandXError(Exception):
+    """A failed call: HTTP status (None when no answer came), exchange code, short message.
+
+    Never carries a token, a key, a signature or request headers.
+    """
+
+    def __init__(self, message: str, status: int | None = None, code: int | None = None):
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"HTTP {self.status}" if self.status is not None else "no answer"
+        return f"{where}: {self.message}"
+
+
+class AuthError(StandXError):
+    """Login failed, or the exchange refused our credentials."""
+
+
+class SignatureExpiredError(StandXError):
+    """403 'signature has expired': our request timestamp is outside the exchange's window."""
+
+
+class RateLimitError(StandXError):
+    """429: the exchange asks us to slow down for `retry_after_s` seconds."""
+
+    def __init__(self, message: str, status: int | None = 429, code: int | None = None,
+                 retry_after_s: float = DEFAULT_RATE_LIMIT_BACKOFF_S):
+        self.retry_after_s = retry_after_s
+        super().__init__(message, status, code)
+
+
+class UnknownOutcomeError(StandXError):
+    """A signed write may or may not have been applied (timeout, 5xx, garbled answer).
+
+    It must not be re-sent blindly: look for its cl_ord_id instead.
+    """
+
+
+def decode_jwt_payload(jwt: str) -> dict[str, Any]:
+    """The JSON payload (middle segment) of a JWT, without verifying it."""
+    try:
+        segment = jwt.split(".")[1]
+        padded = segment + "=" * (-len(segment) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded))
+    except (IndexError, ValueError) as exc:
+        raise AuthError(f"malformed JWT ({type(exc).__name__})") from None
+    if not isinstance(payload, dict):
+        raise AuthError("malformed JWT (payload is not an object)")
+    return payload
+
+
+def normalize_private_key(raw: str) -> str:
+    """The wallet key as 0x + 64 lowercase hex digits; ValueError (naming no value) otherwise."""
+    key = (raw or "").strip()
+    if key[:2].lower() == "0x":
+        key = key[2:]
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", key) or int(key, 16) == 0:
+        raise ValueError("must be 64 hex digits (with or without 0x)")
+    return "0x" + key.lower()
+
+
+def sign_request(signing_key: SigningKey, request_id: str, timestamp_ms: int,
+                 payload: str) -> dict[str, str]:
+    """The four x-request-* headers for a body, signed over `v1,<id>,<ts>,<payload>`."""
+    message = f"v1,{request_id},{timestamp_ms},{payload}".encode("utf-8")
+    signature = signing_key.sign(message).signature
+    return {
+        "x-request-sign-version": "v1",
+        "x-request-id": request_id,
+        "x-request-timestamp": str(timestamp_ms),
+        "x-request-signature": base64.b64encode(signature).decode("ascii"),
+    }
+
+
+def sign_login_message(private_key: str, message: str) -> str:
+    """EIP-191 personal_sign of the sign-in text, as 0x-prefixed hex."""
+    signed = Account.sign_message(encode_defunct(text=message), private_key=private_key)
+    return "0x" + signed.signature.hex().removeprefix("0x")
+
+
+def check_signin_payload(payload: dict[str, Any], address: str, request_id: str) -> str:
+    """The sign-in text to sign, after checking it is for this wallet and this key."""
+    message = payload.get("message")
+    if not isinstance(message, str) or not message:
+        raise AuthError("prepare-signin answer has no message to sign")
+    if str(payload.get("address", "")).lower() != address.lower():
+        raise AuthError("sign-in message is for another wallet address; refusing to sign it")
+    if payload.get("requestId") != request_id:
+        raise AuthError("sign-in message is for another signing key; refusing to sign it")
+    if address.lower() not in message.lower():
+        raise AuthError("sign-in message does not name our wallet address; refusing to sign it")
+    return message
+
+
+def is_html(response: requests.Response) -> bool:
+    content_type = response.headers.get("Content-Type", "")
+    return "html" in content_type.lower() or response.text.lstrip()[:1] == "<"
+
+
+def error_from_response(response: requests.Response) -> StandXError:
+    """A typed error for a non-2xx answer, with a short message (never an HTML dump)."""
+    status = response.status_code
+    code: int | None = None
+    if is_html(response):
+        message = "exchange unavailable (HTML error page)"
+    else:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            code = body.get("code") if isinstance(body.get("code"), int) else None
+            message = str(body.get("message") or body.get("msg") or "no message")
+        else:
+            message = response.text.strip() or "empty body"
+    message = message[:_MAX_MESSAGE_CHARS]
+    if status == 401:
+        return AuthError(message, status, code)
+    if status == 403 and "expired" in message.lower():
+        return SignatureExpiredError(f"{message}; {CLOCK_HINT}", status, code)
+    if status == 429:
+        return RateLimitError(message, status, code, retry_after_seconds(response))
+    return StandXError(message, status, code)
+
+
+def retry_after_seconds(response: requests.Response) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", "")), 0.0)
+    except ValueError:
+        return DEFAULT_RATE_LIMIT_BACKOFF_S
+
+
+def server_time_offset_s(response: requests.Response, local_now: float) -> float | None:
+    """Exchange time minus ours, from the answer's Date header (None when absent)."""
+    header = response.headers.get("Date")
+    if not header:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(header).timestamp() - local_now
+    except (TypeError, ValueError):
+        return None
+
+
+class StandXAuth:
+    """The logged-in client: token, Ed25519 request key, one requests.Session.
+
+    `make_api_call` is the only way to the exchange. Reads are retried on network errors;
+    signed writes never are (an unanswered write raises UnknownOutcomeError).
+    """
+
+    def __init__(self, private_key: str, *, auth_base_url: str = DEFAULT_AUTH_BASE_URL,
+                 perps_base_url: str = DEFAULT_PERPS_BASE_URL, clock: Clock | None = None,
+                 session: requests.Session | None = None,
+                 token_lifetime_s: int = TOKEN_LIFETIME_S):
+        self._private_key = normalize_private_key(private_key)
+        self.address: str = Account.from_key(self._private_key).address
+        self.auth_base_url = auth_base_url.rstrip("/")
+        self.perps_base_url = perps_base_url.rstrip("/")
+        self.clock: Clock = clock or RealClock()
+        self.session = session or requests.Session()
+        self.token_lifetime_s = token_lifetime_s
+        self._token: str | None = None
+        self._token_expires_at = 0.0
+        self._signing_key: SigningKey | None = None
+        self.time_offset_s = 0.0
+        self.deadline: float | None = None
+        self.backoff_until = 0.0
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:
+        return f"StandXAuth(address={self.address!r}, logged_in={self._token is not None})"
+
+    # ---- login -------------------------------------------------------------------------
+
+    def authenticate(self) -> None:
+        """Log in with the wallet: new Ed25519 key, prepare-signin, checks, EIP-191, login."""
+        signing_key = SigningKey.generate()
+        request_id = base58.b58encode(bytes(signing_key.verify_key)).decode("ascii")
+        prepared = self._auth_post("/v1/offchain/prepare-signin",
+                                   {"address": self.address, "requestId": request_id})
+        signed_data = prepared.get("signedData")
+        if prepared.get("success") is not True or not isinstance(signed_data, str):
+            raise AuthError("prepare-signin refused (no signedData)")
+        message = check_signin_payload(decode_jwt_payload(signed_data), self.address, request_id)
+        login = self._auth_post("/v1/offchain/login", {
+            "signature": sign_login_message(self._private_key, message),
+            "signedData": signed_data,
+            "expiresSeconds": self.token_lifetime_s,
+        })
+        token = login.get("token")
+        if not isinstance(token, str) or not token:
+            raise AuthError("login answer has no token")
+        self._token, self._signing_key = token, signing_key
+        self._token_expires_at = self._token_expiry(token)
+        log.info("logged in as %s (token valid for %.1f days)", self.address,
+                 (self._token_expires_at - self.clock.now()) / 86400)
+
+    def _token_expiry(self, token: str) -> float:
+        """`exp` of the access token when it has one, else our requested lifetime."""
+        try:
+            exp = decode_jwt_payload(token).get("exp")
+        except AuthError:
+            exp = None
+        if isinstance(exp, (int, float)) and exp > self.clock.now():
+            return float(exp)
+        return self.clock.now() + self.token_lifetime_s
+
+    def _auth_post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        response = self._send("POST", self.auth_base_url + path, params={"chain": CHAIN},
+                              data=json.dumps(payload, separators=(",", ":")),
+                              headers={"Content-Type": "application/json"}, is_write=False)
+        if response.status_code != 200:
+            raise AuthError(f"{path} failed: {error_from_response(response).message}",
+                            response.status_code)
+        body = self._json_body(response)
+        if not isinstance(body, dict):
+            raise AuthError(f"{path} answered something other than an object", 200)
+        return body
+
+    def get_token(self) -> str:
+        """A valid access token, logging in first when there is none or it is about to expire."""
+        margin = min(RELOGIN_MARGIN_S, self.token_lifetime_s / 10)
+        if self._token is None or self.clock.now() >= self._token_expires_at - margin:
+            self.authenticate()
+        assert self._token is not None
+        return self._token
+
+    # ---- signing -----------------------------------------------------------------------
+
+    def _body_signature_headers(self, payload_str: str) -> dict[str, str]:
+        """Fresh id and timestamp for every call, signed with the key bound to our token."""
+        if self._signing_key is None:
+            raise AuthError("not logged in: no request signing key yet")
+        timestamp_ms = int((self.clock.now() + self.time_offset_s) * 1000)
+        return sign_request(self._signing_key, str(uuid.uuid4()), timestamp_ms, payload_str)
+
+    # ---- calls -------------------------------------------------------------------------
+
+    def make_api_call(self, endpoint: str, method: str = "GET", data: Any = None,
+                      params: dict[str, Any] | None = None,
+                      headers_extra: dict[str, str] | None = None,
+                      raw_body: str | None = None) -> Any:
+        """Call an endpoint of the perps host and return its decoded JSON body.
+
+        POSTs are signed; GETs carry the Bearer token unless the endpoint is public.
+        On 401 the client logs in again once and retries the call once.
+        """
+        method = method.upper()
+        try:
+            return self._call_once(endpoint, method, data, params, headers_extra, raw_body)
+        except AuthError as exc:
+            if exc.status != 401:
+                raise
+            log.warning("token refused (HTTP 401): logging in again")
+            self._token = None
+            self.get_token()
+            return self._call_once(endpoint, method, data, params, headers_extra, raw_body)
+
+    def _call_once(self, endpoint: str, method: str, data: Any, params: dict[str, Any] | None,
+                   headers_extra: dict[str, str] | None, raw_body: str | None) -> Any:
+        headers = dict(headers_extra or {})
+        body: str | None = None
+        if endpoint not in PUBLIC_PATHS:
+            headers["Authorization"] = f"Bearer {self.get_token()}"
+        if method == "POST":
+            # Serialize once and send exactly the signed string: any re-encoding breaks the signature.
+            body = raw_body if raw_body is not None else json.dumps(data or {}, separators=(",", ":"))
+            headers["Content-Type"] = "application/json"
+            headers.update(self._body_signature_headers(body))
+        response = self._send(method, self.perps_base_url + endpoint, params=params, data=body,
+                              headers=headers, is_write=method == "POST")
+        return self._decode(response, is_write=method == "POST")
+
+    def _decode(self, response: requests.Response, is_write: bool) -> Any:
+        status = response.status_code
+        if status >= 500 and is_write:
+            raise UnknownOutcomeError(error_from_response(response).message, status)
+        if status >= 400:
+            error = error_from_response(response)
+            if isinstance(error, RateLimitError):
+                self.backoff_until = max(self.backoff_until, self.clock.now() + error.retry_after_s)
+            if isinstance(error, SignatureExpiredError):
+                self._learn_clock_offset(response)
+            raise error
+        try:
+            return self._json_body(response)
+        except StandXError as exc:
+            if is_write:
+                raise UnknownOutcomeError(exc.message, status) from None
+            raise
+
+    @staticmethod
+    def _json_body(response: requests.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise StandXError("malformed JSON in answer", response.status_code) from None
+
+    def _learn_clock_offset(self, response: requests.Response) -> None:
+        offset = server_time_offset_s(response, self.clock.now())
+        if offset is not None and abs(offset) >= 1.0:
+            self.time_offset_s = offset
+            log.error("exchange clock differs from ours by %.1f s: signing with that offset; %s",
+                      offset, CLOCK_HINT)
+        else:
+            log.error("request signature expired; %s", CLOCK_HINT)
+
+    def _send(self, method: str, url: str, *, params: dict[str, Any] | None, data: str | None,
+              headers: dict[str, str], is_write: bool) -> requests.Response:
+        """One HTTP exchange. Reads retry network errors; writes raise UnknownOutcomeError."""
+        self._wait_out_rate_limit()
+        attempts = 1 if is_write else READ_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            timeout = self._timeout()
+            try:
+                self.requests_sent += 1
+                return self.session.request(method, url, params=params, headers=headers,
+                                            data=data.encode("utf-8") if data is not None else None,
+                                            timeout=timeout)
+            except requests.exceptions.ConnectTimeout:
+                # Nothing reached the exchange: safe to report as a plain failure, even for a write.
+                failure = "connect timeout"
+                if is_write:
+                    raise StandXError(failure) from None
+            except requests.exceptions.RequestException as exc:
+                failure = type(exc).__name__
+                if is_write:
+                    raise UnknownOutcomeError(f"{failure}: the order request may have been applied") from None
+            if attempt < attempts and not self._past_deadline():
+                log.debug("read failed (%s), attempt %d of %d", failure, attempt, attempts)
+                self.clock.sleep(READ_RETRY_PAUSE_S * attempt)
+            else:
+                break
+        raise StandXError(f"exchange unreachable ({failure})")
+
+    def _timeout(self) -> tuple[float, float]:
+        """Connect/read timeouts, shortened to what is left of a stop deadline."""
+        if self.deadline is None:
+            return (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+        left = max(self.deadline - self.clock.now(), 0.1)
+        return (min(CONNECT_TIMEOUT_S, left), min(READ_TIMEOUT_S, left))
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and self.clock.now() >= self.deadline
+
+    def _wait_out_rate_limit(self) -> None:
+        """After a 429, every call waits until the exchange's Retry-After has passed."""
+        wait_s = self.backoff_until - self.clock.now()
+        if wait_s > 0:
+            if self.deadline is not None:
+                wait_s = min(wait_s, max(self.deadline - self.clock.now(), 0.0))
+            log.info("rate limited: waiting %.1f s before the next request", wait_s)
+            self.clock.sleep(wait_s)

@@ -1,0 +1,142 @@
+"""An in-memory stand-in for the standx_api module, for unit tests of MarketMaker decisions.
+
+It keeps orders and a position, records every call in order, and can be told to fail a call.
+Orders become visible at once (the simulator tests cover asynchronous visibility).
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from standx_auth import StandXError
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_767_657_600.0):
+        self.t = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += max(seconds, 0.0)
+
+
+class FakeAuth:
+    """What MarketMaker needs of StandXAuth, without any network."""
+
+    def __init__(self, clock: FakeClock):
+        self.clock = clock
+        self.deadline: float | None = None
+        self.requests_sent = 0
+        self.logins = 0
+
+    def authenticate(self) -> None:
+        self.logins += 1
+
+
+class FakeApi:
+    def __init__(self, mark: str = "100", balance: str = "1000"):
+        self.prices: dict[str, Any] = {"mark_price": mark, "mid_price": mark,
+                                       "spread_bid": None, "spread_ask": None}
+        self.balance: dict[str, Any] = {"balance": balance, "equity": balance}
+        self.position = Decimal(0)
+        self.open: list[dict[str, Any]] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.failures: dict[str, Exception] = {}
+        self.next_id = 1
+        self.symbol_info = [{"symbol": "BTC-USD", "price_tick_decimals": 3,
+                             "qty_tick_decimals": 4, "min_order_qty": "0.0001"}]
+
+    # -- test controls --
+
+    def fail(self, name: str, error: Exception | None = None) -> None:
+        self.failures[name] = error or StandXError("exchange unavailable (HTML error page)", 502)
+
+    def heal(self, name: str) -> None:
+        self.failures.pop(name, None)
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def calls_of(self, name: str) -> list[dict[str, Any]]:
+        return [kwargs for n, kwargs in self.calls if n == name]
+
+    def add_open(self, cl_ord_id: str, side: str, price: str, symbol: str = "BTC-USD") -> None:
+        self.open.append({"id": self.next_id, "cl_ord_id": cl_ord_id, "side": side, "price": price,
+                          "qty": "0.005", "status": "new", "symbol": symbol})
+        self.next_id += 1
+
+    def ours(self, side: str | None = None) -> list[dict[str, Any]]:
+        return [o for o in self.open if o["cl_ord_id"].startswith("sxmm")
+                and (side is None or o["side"] == side)]
+
+    def _record(self, name: str, **kwargs: Any) -> None:
+        self.calls.append((name, kwargs))
+        if name in self.failures:
+            raise self.failures[name]
+
+    # -- the standx_api functions --
+
+    def query_symbol_info(self, auth: Any, symbol: str) -> list[dict[str, Any]]:
+        self._record("query_symbol_info", symbol=symbol)
+        return self.symbol_info
+
+    def query_symbol_price(self, auth: Any, symbol: str) -> dict[str, Any]:
+        self._record("query_symbol_price", symbol=symbol)
+        return dict(self.prices)
+
+    def query_balance(self, auth: Any) -> dict[str, Any]:
+        self._record("query_balance")
+        return dict(self.balance)
+
+    def query_positions(self, auth: Any, symbol: str | None = None) -> list[dict[str, Any]]:
+        self._record("query_positions", symbol=symbol)
+        if self.position == 0:
+            return []
+        return [{"symbol": "BTC-USD", "qty": str(self.position)}]
+
+    def query_open_orders(self, auth: Any, symbol: str | None = None, limit: int | None = None):
+        self._record("query_open_orders", symbol=symbol)
+        return {"page_size": len(self.open), "result": [dict(o) for o in self.open],
+                "total": len(self.open)}
+
+    def new_limit_order(self, auth: Any, symbol: str, side: str, qty: Any, price: Any,
+                        time_in_force: str, reduce_only: bool = False, cl_ord_id: str | None = None,
+                        **_: Any) -> dict[str, Any]:
+        self._record("new_limit_order", symbol=symbol, side=side, qty=qty, price=price,
+                     time_in_force=time_in_force, reduce_only=reduce_only, cl_ord_id=cl_ord_id)
+        self.add_open(cl_ord_id, side, str(price), symbol)
+        return {"code": 0, "message": "success"}
+
+    def new_market_order(self, auth: Any, symbol: str, side: str, qty: Any,
+                         reduce_only: bool = False, time_in_force: str = "ioc",
+                         cl_ord_id: str | None = None, **_: Any) -> dict[str, Any]:
+        self._record("new_market_order", symbol=symbol, side=side, qty=qty,
+                     reduce_only=reduce_only, time_in_force=time_in_force, cl_ord_id=cl_ord_id)
+        signed = Decimal(qty) if side == "buy" else -Decimal(qty)
+        if reduce_only and (self.position == 0 or (self.position > 0) == (signed > 0)):
+            return {"code": 0, "message": "success"}
+        self.position += signed
+        return {"code": 0, "message": "success"}
+
+    def cancel_order(self, auth: Any, order_id: int | None = None,
+                     cl_ord_id: str | None = None) -> dict[str, Any]:
+        self._record("cancel_order", order_id=order_id, cl_ord_id=cl_ord_id)
+        self.open = [o for o in self.open if o["cl_ord_id"] != cl_ord_id and o["id"] != order_id]
+        return {"code": 0, "message": "success"}
+
+    def cancel_orders(self, auth: Any, order_ids: list[int] | None = None,
+                      cl_ord_ids: list[str] | None = None) -> dict[str, Any]:
+        self._record("cancel_orders", order_ids=order_ids, cl_ord_ids=cl_ord_ids)
+        gone = set(cl_ord_ids or [])
+        self.open = [o for o in self.open if o["cl_ord_id"] not in gone]
+        return {"code": 0, "message": "success"}
+
+    def fill(self, side: str) -> None:
+        """Our resting order on `side` is filled: it leaves the book, the position moves."""
+        order = self.ours(side)[0]
+        self.open.remove(order)
+        self.position += Decimal(order["qty"]) if side == "buy" else -Decimal(order["qty"])

@@ -1,0 +1,165 @@
+"""Settings: defaults, the validation table, and the command line's handling of bad input."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import responses
+
+import market_maker as mm
+
+REPO = Path(__file__).resolve().parent.parent
+KEY_HEX = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
+KEY = "0x" + KEY_HEX
+
+
+def test_defaults_match_the_original():
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY})
+    assert (config.symbol, config.qty) == ("BTC-USD", Decimal("0.005"))
+    assert config.band == mm.Band(Decimal("7.5"), Decimal("7.0"), Decimal("10"))
+    assert (config.balance_threshold_1, config.balance_threshold_2) == (Decimal(100), Decimal(50))
+    assert config.check_interval_s == 0.5
+    assert (config.time_in_force, config.requote_mode) == ("alo", "replace")
+    assert config.auth_base_url == "https://api.standx.com"
+    assert config.perps_base_url == "https://perps.standx.com"
+
+
+@pytest.mark.parametrize("raw", [KEY, KEY_HEX, f"  {KEY}\n", KEY.upper().replace("0X", "0x"), f"{KEY_HEX}\r\n"])
+def test_private_key_with_or_without_0x_and_whitespace_is_accepted(raw):
+    assert mm.load_config({"WALLET_PRIVATE_KEY": raw}).private_key == KEY
+
+
+INVALID = [
+    ({"WALLET_PRIVATE_KEY": ""}, "WALLET_PRIVATE_KEY"),
+    ({"WALLET_PRIVATE_KEY": "0x1234"}, "WALLET_PRIVATE_KEY"),
+    ({"WALLET_PRIVATE_KEY": "zz" * 32}, "WALLET_PRIVATE_KEY"),
+    ({"MARKET_MAKER_SYMBOL": "BTC/USD"}, "MARKET_MAKER_SYMBOL"),
+    ({"MARKET_MAKER_QTY": "abc"}, "MARKET_MAKER_QTY"),
+    ({"MARKET_MAKER_QTY": "-0.005"}, "MARKET_MAKER_QTY"),
+    ({"MARKET_MAKER_QTY": "0"}, "MARKET_MAKER_QTY"),
+    ({"MARKET_MAKER_QTY": "NaN"}, "MARKET_MAKER_QTY"),
+    ({"MARKET_MAKER_TARGET_BPS": "ten"}, "MARKET_MAKER_TARGET_BPS"),
+    ({"MARKET_MAKER_MIN_BPS": "0"}, "MARKET_MAKER_MIN_BPS"),
+    ({"MARKET_MAKER_MIN_BPS": "-1"}, "MARKET_MAKER_MIN_BPS"),
+    ({"MARKET_MAKER_MIN_BPS": "8"}, "MARKET_MAKER_TARGET_BPS"),  # min > target
+    ({"MARKET_MAKER_MAX_BPS": "7"}, "MARKET_MAKER_MAX_BPS"),  # max < target
+    ({"MARKET_MAKER_MAX_BPS": "inf"}, "MARKET_MAKER_MAX_BPS"),
+    ({"MARKET_MAKER_BALANCE_THRESHOLD_1": "x"}, "MARKET_MAKER_BALANCE_THRESHOLD_1"),
+    ({"MARKET_MAKER_BALANCE_THRESHOLD_2": "150"}, "MARKET_MAKER_BALANCE_THRESHOLD_2"),
+    ({"MARKET_MAKER_BALANCE_THRESHOLD_2": "-1"}, "MARKET_MAKER_BALANCE_THRESHOLD_2"),
+    ({"MARKET_MAKER_CHECK_INTERVAL": "0"}, "MARKET_MAKER_CHECK_INTERVAL"),
+    ({"MARKET_MAKER_CHECK_INTERVAL": "fast"}, "MARKET_MAKER_CHECK_INTERVAL"),
+    ({"MARKET_MAKER_CHECK_INTERVAL": "3600"}, "MARKET_MAKER_CHECK_INTERVAL"),
+    ({"MARKET_MAKER_TIME_IN_FORCE": "ioc"}, "MARKET_MAKER_TIME_IN_FORCE"),
+    ({"MARKET_MAKER_TIME_IN_FORCE": "post"}, "MARKET_MAKER_TIME_IN_FORCE"),
+    ({"MARKET_MAKER_REQUOTE": "sometimes"}, "MARKET_MAKER_REQUOTE"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"STANDX_AUTH_BASE_URL": "api.standx.com"}, "STANDX_AUTH_BASE_URL"),
+    ({"STANDX_PERPS_BASE_URL": "ftp://perps"}, "STANDX_PERPS_BASE_URL"),
+]
+
+
+@pytest.mark.parametrize("settings, variable", INVALID)
+def test_invalid_setting_names_its_variable(settings, variable):
+    env = {"WALLET_PRIVATE_KEY": KEY, **settings}
+    with pytest.raises(mm.ConfigError) as caught:
+        mm.load_config(env)
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(variable)
+
+
+def test_malformed_private_key_is_never_echoed():
+    secret = "ab" * 31 + "zz"
+    with pytest.raises(mm.ConfigError) as caught:
+        mm.load_config({"WALLET_PRIVATE_KEY": secret})
+    assert secret not in str(caught.value) and "ab" * 8 not in str(caught.value)
+
+
+def test_config_repr_hides_the_private_key():
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY})
+    assert KEY_HEX not in repr(config)
+
+
+def test_equal_min_target_max_is_allowed():
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "MARKET_MAKER_TARGET_BPS": "8",
+                             "MARKET_MAKER_MIN_BPS": "8", "MARKET_MAKER_MAX_BPS": "8"})
+    assert config.band == mm.Band(Decimal(8), Decimal(8), Decimal(8))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MARKET_MAKER_", "STANDX_", "WALLET_", "LOG_LEVEL"))}
+    env.update(extra)
+    return env
+
+
+def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "market_maker.py"), *args],
+                          cwd=tmp_path, env=clean_env(**env), capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("settings, variable", INVALID[:1] + INVALID[4:5] + INVALID[12:13])
+def test_cli_bad_setting_exits_2_with_one_line_and_no_traceback(tmp_path, settings, variable):
+    env = {"WALLET_PRIVATE_KEY": KEY, **settings}
+    result = run_cli(tmp_path, **env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_cli_bad_setting_sends_no_request(monkeypatch, capsys):
+    for name in list(os.environ):
+        if name.startswith(("MARKET_MAKER_", "STANDX_", "WALLET_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("WALLET_PRIVATE_KEY", KEY)
+    monkeypatch.setenv("MARKET_MAKER_QTY", "-1")
+    monkeypatch.chdir(REPO / "tests")  # no .env here
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        assert mm.main([]) == mm.EXIT_CONFIG
+        assert len(mock.calls) == 0
+    assert "MARKET_MAKER_QTY" in capsys.readouterr().err
+
+
+def test_cli_check_config_reads_the_env_file_and_prints_no_secret(tmp_path):
+    env_file = tmp_path / "account.env"
+    env_file.write_text(f"WALLET_PRIVATE_KEY={KEY}\nMARKET_MAKER_QTY=0.01\n")
+    env_file.chmod(0o600)
+    result = run_cli(tmp_path, "--env-file", str(env_file), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert "qty=0.01" in result.stdout
+    assert KEY_HEX not in result.stdout + result.stderr
+
+
+def test_environment_wins_over_the_env_file(tmp_path):
+    (tmp_path / ".env").write_text(f"WALLET_PRIVATE_KEY={KEY}\nMARKET_MAKER_QTY=0.01\n")
+    result = run_cli(tmp_path, "--check-config", MARKET_MAKER_QTY="0.02")
+    assert result.returncode == 0, result.stderr
+    assert "qty=0.02" in result.stdout
+
+
+def test_environment_alone_is_enough(tmp_path):
+    result = run_cli(tmp_path, "--check-config", WALLET_PRIVATE_KEY=KEY)
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_env_file_is_a_one_line_error(tmp_path):
+    result = run_cli(tmp_path, "--env-file", "nope.env", "--check-config")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "configuration error: --env-file: no such file: nope.env"
+
+
+def test_env_file_readable_by_others_is_warned_about(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"WALLET_PRIVATE_KEY={KEY}\n")
+    env_file.chmod(0o644)
+    result = run_cli(tmp_path, "--check-config")
+    assert "chmod 600" in result.stdout and ".env" in result.stdout
+    env_file.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    assert "chmod 600" not in run_cli(tmp_path, "--check-config").stdout

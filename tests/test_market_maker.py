@@ -1,0 +1,435 @@
+"""MarketMaker decisions, against an in-memory exchange (tests/fake_api.py)."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+import market_maker as mm
+from standx_auth import StandXError, UnknownOutcomeError
+from tests.fake_api import FakeApi, FakeAuth, FakeClock
+
+KEY = "0x" + "11" * 32
+
+
+@pytest.fixture
+def exchange(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    fake = FakeApi(mark="100")
+    monkeypatch.setattr(mm, "api", fake)
+    return fake
+
+
+def make_maker(exchange: FakeApi, **env: str) -> mm.MarketMaker:
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, **env})
+    clock = FakeClock()
+    maker = mm.MarketMaker(config, FakeAuth(clock), clock=clock, run_id="abc123")
+    maker.start()
+    return maker
+
+
+@pytest.fixture
+def maker(exchange: FakeApi) -> mm.MarketMaker:
+    return make_maker(exchange)
+
+
+def step(maker: mm.MarketMaker, seconds: float = 0.5) -> None:
+    maker.clock.sleep(seconds)
+    maker.run_once()
+
+
+def placed(exchange: FakeApi) -> list[dict]:
+    return exchange.calls_of("new_limit_order")
+
+
+# ---- prices and bands -------------------------------------------------------------------
+
+def test_initial_quotes_sit_at_target_bps_around_the_mark(maker, exchange):
+    maker.run_once()
+    prices = {c["side"]: c["price"] for c in placed(exchange)}
+    assert prices == {"buy": Decimal("99.925"), "sell": Decimal("100.075")}
+
+
+def test_quotes_are_post_only_with_our_prefix_and_configured_qty(maker, exchange):
+    maker.run_once()
+    for call in placed(exchange):
+        assert call["time_in_force"] == "alo"
+        assert call["reduce_only"] is False
+        assert call["qty"] == Decimal("0.005")
+        assert call["cl_ord_id"].startswith(mm.CL_ORD_ID_PREFIX)
+        assert len(call["cl_ord_id"]) <= 32
+
+
+def test_every_order_gets_a_unique_client_id(maker):
+    ids = {maker.new_cl_ord_id(side) for side in ("buy", "sell") * 500}
+    assert len(ids) == 1000
+
+
+@pytest.mark.parametrize("side, expected", [("buy", Decimal("95123.7")), ("sell", Decimal("95133.3"))])
+def test_prices_round_to_the_tick_away_from_the_mark(side, expected):
+    # 0.5 bps of 95128.5 is 4.756425: 95123.743575 rounds down, 95133.256425 up.
+    price = mm.quote_price(side, Decimal("95128.5"), Decimal("0.5"), Decimal("0.1"))
+    assert price == expected
+
+
+def test_buy_quote_stays_below_the_best_ask_when_mark_is_above_the_book():
+    price = mm.quote_price("buy", Decimal("100"), Decimal("7.5"), Decimal("0.001"),
+                           best_bid=Decimal("99.8"), best_ask=Decimal("99.9"))
+    assert price == Decimal("99.899")
+
+
+def test_sell_quote_stays_above_the_best_bid_when_mark_is_below_the_book():
+    price = mm.quote_price("sell", Decimal("100"), Decimal("7.5"), Decimal("0.001"),
+                           best_bid=Decimal("100.2"), best_ask=Decimal("100.3"))
+    assert price == Decimal("100.201")
+
+
+@pytest.mark.parametrize("side, price, inside", [
+    ("buy", "99.93", True),    # 7.0 bps: the lower edge counts
+    ("buy", "99.90", True),    # 10 bps: the upper edge counts
+    ("buy", "99.931", False),  # 6.9 bps: too close, may fill
+    ("buy", "99.899", False),  # 10.1 bps: out of the reward band
+    ("sell", "100.07", True),
+    ("sell", "100.101", False),
+    ("buy", "100.05", False),  # a buy above the mark is on the wrong side
+])
+def test_band_check(side, price, inside):
+    band = mm.Band(Decimal("7.5"), Decimal("7.0"), Decimal("10"))
+    assert mm.in_band(side, Decimal(price), Decimal("100"), band) is inside
+
+
+# ---- modes ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("balance, mode", [
+    ("1000", "normal"), ("100", "normal"), ("99.99", "degraded_1"),
+    ("50", "degraded_1"), ("49.99", "degraded_2"), ("0", "degraded_2"),
+])
+def test_mode_for_balance_boundaries(balance, mode):
+    assert mm.mode_for_balance(Decimal(balance), Decimal("100"), Decimal("50")) == mode
+
+
+@pytest.mark.parametrize("mode, band", [
+    ("degraded_1", ("25", "20", "29.5")), ("degraded_2", ("80", "70", "95")),
+])
+def test_degraded_modes_use_their_fixed_bands(mode, band):
+    configured = mm.Band(Decimal("7.5"), Decimal("7"), Decimal("10"))
+    assert mm.band_for_mode(mode, configured) == mm.Band(*map(Decimal, band))
+
+
+def test_normal_mode_uses_the_configured_band():
+    configured = mm.Band(Decimal("5"), Decimal("4"), Decimal("6"))
+    assert mm.band_for_mode("normal", configured) == configured
+
+
+def test_start_in_degraded_mode_quotes_at_25_bps(exchange):
+    exchange.balance = {"balance": "75"}
+    maker = make_maker(exchange)
+    maker.run_once()
+    prices = {c["side"]: c["price"] for c in placed(exchange)}
+    assert maker.mode == "degraded_1"
+    assert prices == {"buy": Decimal("99.75"), "sell": Decimal("100.25")}
+
+
+def test_balance_falls_back_to_equity(exchange):
+    exchange.balance = {"equity": "30"}
+    assert make_maker(exchange).mode == "degraded_2"
+
+
+def test_mode_change_requotes_both_sides_at_once(maker, exchange):
+    maker.run_once()
+    exchange.balance = {"balance": "40"}
+    for _ in range(mm.BALANCE_CHECK_EVERY_LOOPS - 1):
+        step(maker)
+    assert maker.mode == "degraded_2"
+    new = placed(exchange)[2:]
+    assert {(c["side"], c["price"]) for c in new} == {("buy", Decimal("99.2")), ("sell", Decimal("100.8"))}
+    assert len(exchange.ours()) == 2
+
+
+def test_failed_balance_read_keeps_the_current_mode(maker, exchange):
+    exchange.fail("query_balance")
+    for _ in range(mm.BALANCE_CHECK_EVERY_LOOPS):
+        step(maker)
+    assert maker.mode == "normal"
+    assert exchange.calls_of("query_balance")[-1] == {}
+
+
+def test_balance_is_read_every_tenth_loop(maker, exchange):
+    before = len(exchange.calls_of("query_balance"))
+    for _ in range(20):
+        step(maker)
+    assert len(exchange.calls_of("query_balance")) - before == 2
+
+
+def test_unfunded_account_starts_in_degraded_2(exchange):
+    exchange.balance = {"balance": "0", "equity": "0"}
+    assert make_maker(exchange).mode == "degraded_2"
+
+
+# ---- requote decisions --------------------------------------------------------------------
+
+def test_in_band_quotes_are_left_alone(maker, exchange):
+    maker.run_once()
+    for _ in range(5):
+        step(maker)
+    assert len(placed(exchange)) == 2
+    assert exchange.calls_of("cancel_order") == []
+
+
+def test_price_move_out_of_band_requotes_new_before_cancelling_old(maker, exchange):
+    maker.run_once()
+    old = {o["side"]: o["cl_ord_id"] for o in exchange.ours()}
+    exchange.prices["mark_price"] = "100.05"  # buy now 12.5 bps away, sell 2.5 bps
+    step(maker)
+    names = exchange.names()
+    last = names[len(names) - names[::-1].index("query_open_orders"):]
+    assert last == ["new_limit_order", "cancel_order", "new_limit_order", "cancel_order"]
+    assert {c["cl_ord_id"] for c in exchange.calls_of("cancel_order")} == set(old.values())
+    # 100.05 -/+ 7.5 bps = 99.97496 / 100.12504, rounded away from the mark.
+    assert {o["price"] for o in exchange.ours()} == {"99.974", "100.126"}
+
+
+def test_missing_side_is_replaced(maker, exchange):
+    maker.run_once()
+    step(maker)  # both quotes seen resting
+    exchange.open = [o for o in exchange.open if o["side"] != "sell"]  # cancelled by someone
+    step(maker)
+    assert [c["side"] for c in placed(exchange)] == ["buy", "sell", "sell"]
+
+
+def test_side_with_order_in_flight_is_not_quoted_again(maker, exchange):
+    maker.run_once()
+    exchange.open.clear()  # not visible yet
+    step(maker, 0.5)
+    assert len(placed(exchange)) == 2
+
+
+def test_order_never_seen_is_treated_as_lost_after_the_timeout(maker, exchange):
+    maker.run_once()
+    exchange.open = [o for o in exchange.open if o["side"] == "buy"]
+    step(maker, mm.ORDER_VISIBLE_TIMEOUT_S + 0.1)
+    assert [c["side"] for c in placed(exchange)] == ["buy", "sell", "sell"]
+
+
+def test_lost_order_that_shows_up_later_is_cancelled(maker, exchange):
+    maker.run_once()
+    lost = [o for o in exchange.open if o["side"] == "sell"][0]
+    exchange.open.remove(lost)
+    step(maker, mm.ORDER_VISIBLE_TIMEOUT_S + 0.1)
+    exchange.open.append(lost)
+    step(maker)
+    assert lost["cl_ord_id"] in exchange.calls_of("cancel_orders")[-1]["cl_ord_ids"]
+    assert len(exchange.ours("sell")) == 1
+
+
+def test_cancel_first_mode_cancels_waits_one_second_then_places_both(exchange):
+    maker = make_maker(exchange, MARKET_MAKER_REQUOTE="cancel_first")
+    maker.run_once()
+    exchange.prices["mark_price"] = "100.05"
+    step(maker)
+    names = exchange.names()
+    tail = names[len(names) - names[::-1].index("query_open_orders"):]
+    assert tail == ["cancel_order", "cancel_order", "new_limit_order", "new_limit_order"]
+    assert maker.clock.sleeps[-1] == mm.CANCEL_FIRST_PAUSE_S
+
+
+def test_gtc_time_in_force_is_passed_through(exchange):
+    maker = make_maker(exchange, MARKET_MAKER_TIME_IN_FORCE="gtc")
+    maker.run_once()
+    assert {c["time_in_force"] for c in placed(exchange)} == {"gtc"}
+
+
+def test_book_pinned_price_equal_to_the_resting_one_is_not_requoted(maker, exchange):
+    exchange.prices.update(mark_price="100", spread_bid="99.94", spread_ask="99.95")
+    maker.run_once()  # buy is clamped under the ask at 99.949: 5.1 bps, out of band
+    step(maker)
+    assert [c["side"] for c in placed(exchange)].count("buy") == 1
+
+
+# ---- unknown outcomes and failed reads ----------------------------------------------------
+
+def test_order_with_unknown_outcome_is_not_resent_and_is_found_by_client_id(maker, exchange):
+    exchange.fail("new_limit_order", UnknownOutcomeError("ReadTimeout"))
+    maker.run_once()
+    assert len(placed(exchange)) == 2
+    exchange.heal("new_limit_order")
+    sent = [c["cl_ord_id"] for c in placed(exchange)]
+    exchange.add_open(sent[0], "buy", "99.925")  # the exchange did accept the buy
+    step(maker)
+    assert len(placed(exchange)) == 2  # nothing re-sent while both are in flight
+    assert [o for o in maker.orders if o.cl_ord_id == sent[0]][0].seen
+
+
+def test_refused_order_is_replaced_on_the_next_loop_not_retried_at_once(maker, exchange):
+    exchange.fail("new_limit_order", StandXError("alo order rejected", 400))
+    maker.run_once()
+    assert len(placed(exchange)) == 2
+    exchange.heal("new_limit_order")
+    step(maker)
+    assert len(placed(exchange)) == 4
+
+
+@pytest.mark.parametrize("read", ["query_positions", "query_symbol_price", "query_open_orders"])
+def test_failed_read_sends_no_order(maker, exchange, read):
+    exchange.fail(read)
+    maker.run_once()
+    assert placed(exchange) == []
+    assert exchange.calls_of("new_market_order") == []
+
+
+@pytest.mark.parametrize("prices", [
+    {"mark_price": None, "mid_price": None},
+    {"mark_price": "abc", "mid_price": None},
+    {"mark_price": "-5", "mid_price": None},
+])
+def test_unusable_price_sends_no_order(maker, exchange, prices):
+    exchange.prices.update(prices)
+    maker.run_once()
+    assert placed(exchange) == []
+
+
+def test_mid_price_is_used_when_mark_is_missing(maker, exchange):
+    exchange.prices.update(mark_price=None, mid_price="200")
+    maker.run_once()
+    assert {c["price"] for c in placed(exchange)} == {Decimal("199.85"), Decimal("200.15")}
+
+
+def test_failed_order_refresh_keeps_last_known_orders(maker, exchange):
+    maker.run_once()
+    step(maker)
+    before = [(o.cl_ord_id, o.seen) for o in maker.orders]
+    exchange.fail("query_open_orders")
+    exchange.prices["mark_price"] = "101"
+    step(maker)
+    assert [(o.cl_ord_id, o.seen) for o in maker.orders] == before
+    assert len(placed(exchange)) == 2
+
+
+# ---- positions -----------------------------------------------------------------------------
+
+def test_fill_is_closed_with_a_reduce_only_ioc_market_order(maker, exchange):
+    maker.run_once()
+    step(maker)
+    exchange.fill("buy")
+    step(maker)
+    close = exchange.calls_of("new_market_order")
+    assert close == [{"symbol": "BTC-USD", "side": "sell", "qty": Decimal("0.005"),
+                      "reduce_only": True, "time_in_force": "ioc", "cl_ord_id": close[0]["cl_ord_id"]}]
+    assert exchange.position == 0
+    assert maker.fills == 1
+
+
+def test_side_that_would_grow_the_position_waits_until_flat(maker, exchange):
+    maker.run_once()
+    step(maker)
+    exchange.fill("buy")
+    exchange.fail("new_market_order", StandXError("exchange unavailable", 502))
+    step(maker)
+    assert [c["side"] for c in placed(exchange)] == ["buy", "sell"]
+    exchange.heal("new_market_order")
+    step(maker, mm.CLOSE_SETTLE_S)
+    step(maker)
+    assert [c["side"] for c in placed(exchange)] == ["buy", "sell", "buy"]
+
+
+def test_short_position_is_closed_with_a_buy(maker, exchange):
+    exchange.position = Decimal("-0.01")
+    maker.run_once()
+    assert exchange.calls_of("new_market_order")[0]["side"] == "buy"
+    assert exchange.calls_of("new_market_order")[0]["qty"] == Decimal("0.01")
+
+
+def test_close_is_not_resent_before_the_position_can_reflect_it(maker, exchange):
+    exchange.position = Decimal("0.005")
+    exchange.fail("new_market_order", UnknownOutcomeError("ReadTimeout"))
+    maker.run_once()
+    step(maker, 0.1)
+    assert len(exchange.calls_of("new_market_order")) == 1
+    step(maker, mm.CLOSE_SETTLE_S)
+    assert len(exchange.calls_of("new_market_order")) == 2
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([], "0"),
+    ([{"symbol": "BTC-USD", "qty": "0"}], "0"),
+    ([{"symbol": "BTC-USD", "qty": "-0.3"}], "-0.3"),
+    ([{"symbol": "BTC-USD", "qty": "0.3", "side": "short"}], "-0.3"),
+    ([{"symbol": "BTC-USD", "qty": "0.3", "side": "long"}], "0.3"),
+    ([{"symbol": "ETH-USD", "qty": "2"}], "0"),
+])
+def test_signed_position(rows, expected):
+    assert mm.signed_position(rows, "BTC-USD") == Decimal(expected)
+
+
+# ---- start and stop -------------------------------------------------------------------------
+
+def test_start_cancels_only_our_leftover_orders(exchange):
+    exchange.add_open("sxmmbold1", "buy", "99")
+    exchange.add_open("manual-order", "sell", "101")
+    make_maker(exchange)
+    assert exchange.calls_of("cancel_orders") == [{"order_ids": None, "cl_ord_ids": ["sxmmbold1"]}]
+    assert [o["cl_ord_id"] for o in exchange.open] == ["manual-order"]
+
+
+def test_qty_below_the_exchange_minimum_is_a_config_error(exchange):
+    exchange.symbol_info[0]["min_order_qty"] = "0.01"
+    with pytest.raises(mm.ConfigError, match="MARKET_MAKER_QTY"):
+        make_maker(exchange)
+    assert placed(exchange) == []
+
+
+def test_qty_off_the_lot_is_a_config_error(exchange):
+    with pytest.raises(mm.ConfigError, match="lot"):
+        make_maker(exchange, MARKET_MAKER_QTY="0.00055")
+
+
+def test_unknown_symbol_is_a_config_error(exchange):
+    with pytest.raises(mm.ConfigError, match="ETH-USD is not listed"):
+        make_maker(exchange, MARKET_MAKER_SYMBOL="ETH-USD")
+
+
+def test_shutdown_cancels_our_orders_only_and_confirms(maker, exchange):
+    maker.run_once()
+    exchange.add_open("manual-order", "buy", "90")
+    assert maker.shutdown() is True
+    assert [o["cl_ord_id"] for o in exchange.open] == ["manual-order"]
+    assert exchange.calls_of("query_open_orders")  # confirmed by reading back
+
+
+def test_shutdown_closes_a_position_left_by_a_late_fill(maker, exchange):
+    maker.run_once()
+    exchange.fill("sell")
+    assert maker.shutdown() is True
+    assert exchange.position == 0
+    assert exchange.calls_of("new_market_order")[-1]["reduce_only"] is True
+
+
+def test_shutdown_reports_failure_when_cancels_cannot_be_confirmed(maker, exchange):
+    maker.run_once()
+    exchange.fail("query_open_orders")
+    started = maker.clock.now()
+    assert maker.shutdown() is False
+    assert maker.clock.now() - started <= mm.STOP_DEADLINE_S + 1
+
+
+def test_stop_request_bounds_every_later_request(maker):
+    maker.request_stop("SIGTERM")
+    assert maker.stop_requested
+    assert maker.auth.deadline == pytest.approx(maker.clock.now() + mm.STOP_DEADLINE_S)
+
+
+def test_run_stops_after_duration_with_no_orders_left(exchange, monkeypatch):
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY})
+    clock = FakeClock()
+    maker = mm.MarketMaker(config, FakeAuth(clock), clock=clock)
+    assert maker.run(duration_s=5) == mm.EXIT_OK
+    assert exchange.ours() == []
+    assert len(exchange.calls_of("query_positions")) >= 10
+
+
+def test_status_line_shows_mode_distances_and_counters(maker, exchange):
+    maker.run_once()
+    step(maker)
+    line = maker.status_line()
+    assert "mode=normal" in line and "mark=100" in line
+    assert "buy 7.50bps" in line and "sell 7.50bps" in line
+    assert "requotes=0" in line and "fills=0" in line and "req/s=" in line

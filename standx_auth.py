@@ -39,6 +39,7 @@ DEFAULT_RATE_LIMIT_BACKOFF_S = 1.0
 PUBLIC_PATHS = frozenset({"/api/query_symbol_info", "/api/query_symbol_price", "/api/health"})
 CLOCK_HINT = "the server clock looks wrong: sync it (sudo timedatectl set-ntp true)"
 _MAX_MESSAGE_CHARS = 200
+SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 class Clock(Protocol):
@@ -117,7 +118,7 @@ def normalize_private_key(raw: str) -> str:
     key = (raw or "").strip()
     if key[:2].lower() == "0x":
         key = key[2:]
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", key) or int(key, 16) == 0:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", key) or not 0 < int(key, 16) < SECP256K1_ORDER:
         raise ValueError("must be 64 hex digits (with or without 0x)")
     return "0x" + key.lower()
 
@@ -224,6 +225,7 @@ class StandXAuth:
         self.token_lifetime_s = token_lifetime_s
         self._token: str | None = None
         self._token_expires_at = 0.0
+        self._token_renew_at = 0.0
         self._signing_key: SigningKey | None = None
         self.time_offset_s = 0.0
         self.deadline: float | None = None
@@ -255,6 +257,9 @@ class StandXAuth:
             raise AuthError("login answer has no token")
         self._token, self._signing_key = token, signing_key
         self._token_expires_at = self._token_expiry(token)
+        # Renew ahead of expiry, by at most a tenth of the lifetime actually granted.
+        lifetime_s = self._token_expires_at - self.clock.now()
+        self._token_renew_at = self._token_expires_at - min(RELOGIN_MARGIN_S, lifetime_s / 10)
         log.info("logged in as %s (token valid for %.1f days)", self.address,
                  (self._token_expires_at - self.clock.now()) / 86400)
 
@@ -272,18 +277,19 @@ class StandXAuth:
         response = self._send("POST", self.auth_base_url + path, params={"chain": CHAIN},
                               data=json.dumps(payload, separators=(",", ":")),
                               headers={"Content-Type": "application/json"}, is_write=False)
-        if response.status_code != 200:
-            raise AuthError(f"{path} failed: {error_from_response(response).message}",
-                            response.status_code)
-        body = self._json_body(response)
+        try:
+            body = self._decode(response, is_write=False)
+        except RateLimitError:
+            raise  # its Retry-After is already recorded: the next attempt waits it out
+        except StandXError as exc:
+            raise AuthError(f"{path} failed: {exc.message}", exc.status) from None
         if not isinstance(body, dict):
             raise AuthError(f"{path} answered something other than an object", 200)
         return body
 
     def get_token(self) -> str:
         """A valid access token, logging in first when there is none or it is about to expire."""
-        margin = min(RELOGIN_MARGIN_S, self.token_lifetime_s / 10)
-        if self._token is None or self.clock.now() >= self._token_expires_at - margin:
+        if self._token is None or self.clock.now() >= self._token_renew_at:
             self.authenticate()
         assert self._token is not None
         return self._token
@@ -389,10 +395,11 @@ class StandXAuth:
                 failure = type(exc).__name__
                 if is_write:
                     raise UnknownOutcomeError(f"{failure}: the order request may have been applied") from None
-            if attempt < attempts and not self._past_deadline():
-                log.debug("read failed (%s), attempt %d of %d", failure, attempt, attempts)
-                self.clock.sleep(READ_RETRY_PAUSE_S * attempt)
-            else:
+            if attempt == attempts or self._past_deadline():
+                break
+            log.debug("read failed (%s), attempt %d of %d", failure, attempt, attempts)
+            self.clock.sleep(READ_RETRY_PAUSE_S * attempt)
+            if self._past_deadline():
                 break
         raise StandXError(f"exchange unreachable ({failure})")
 

@@ -9,19 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from standx_auth import StandXError
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_767_657_600.0):
-        self.t = start
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += max(seconds, 0.0)
+from tests.exchange_fakes import FakeClock
 
 
 class FakeAuth:

@@ -7,7 +7,8 @@ import pytest
 
 import market_maker as mm
 from standx_auth import StandXError, UnknownOutcomeError
-from tests.fake_api import FakeApi, FakeAuth, FakeClock
+from tests.exchange_fakes import FakeClock
+from tests.fake_api import FakeApi, FakeAuth
 
 KEY = "0x" + "11" * 32
 

@@ -1,0 +1,48 @@
+"""standx_sim: a local StandX Perps exchange for tests, `--simulate` runs and backtests.
+
+Parts:
+    clock.VirtualClock       now() / sleep() / advance_to(); sleeping never blocks.
+    market.RecordedMarket    replay of PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz files.
+    market.SyntheticMarket   seeded random walk (volatility 0 = a quiet, flat market).
+    exchange.Exchange        the engine: orders, matching, positions, fees, uptime metering
+                             (its docstring states the fill model).
+    api.Api                  every endpoint of the contract with its checks, as one handler.
+    faults.Faults            fault rules (5xx, HTML pages, malformed JSON, 429, stalls,
+                             accept-then-504, dropped connections).
+    transport.InProcessAdapter  a requests adapter calling the handler in-process.
+    server.SimServer         the handler over HTTP on 127.0.0.1, plus the control endpoints.
+    simulator.Simulator      wires them together.
+
+Minimal use:
+    sim = Simulator(VirtualClock(start=1_767_657_600.0))
+    session.mount("http://standx.sim", sim.adapter(latency_s=0.05))
+    # point STANDX_AUTH_BASE_URL and STANDX_PERPS_BASE_URL at http://standx.sim
+
+Command line: ``python -m standx_sim serve [--port N] [--market-data PREFIX ...] ...`` prints
+``STANDX_SIM_URL=http://127.0.0.1:PORT`` first and serves until SIGINT/SIGTERM.
+
+Control endpoints (HTTP server only, unauthenticated, JSON; errors are {"code", "message"}):
+    GET  /_sim/account?address=0x..  {"address", "balance", "position": {qty, entry_price,
+                                      realized_pnl, upnl} | null, "open_orders": [order...],
+                                      "metrics": {...}}; 404 for an address never seen
+    GET  /_sim/metrics?address=0x..  the metrics dict (Exchange.metrics; decimals as strings)
+    GET  /_sim/market                {"time", "bid", "ask", "mark", "last"}
+    POST /_sim/balance               {"address": "0x..", "balance": "123.4" | null (unfunded)}
+    POST /_sim/price                 {"shift_bps": 5} or {"mid": "95000"} -> the new market
+    POST /_sim/trade                 {"price": "95000.1", "qty": "0.01", "taker_side": "buy"|"sell"}
+    POST /_sim/faults                {"kind", "path"?, "probability"?, "count"?, "after_s"?,
+                                      "for_s"?, "status"?, "retry_after_s"?, "stall_s"?} -> {"id"}
+    POST /_sim/faults/clear          {}
+    POST /_sim/expire_tokens         {}
+    POST /_sim/clock_skew            {"seconds": 45}
+"""
+from .clock import VirtualClock
+from .exchange import Exchange, SymbolSpec
+from .faults import Faults
+from .market import Market, RecordedMarket, SyntheticMarket
+from .server import SimServer
+from .simulator import Simulator
+from .transport import InProcessAdapter
+
+__all__ = ["VirtualClock", "Exchange", "SymbolSpec", "Faults", "Market", "RecordedMarket", "SyntheticMarket",
+           "SimServer", "Simulator", "InProcessAdapter"]

@@ -1,0 +1,105 @@
+"""Command line: ``python -m standx_sim serve ...`` runs the simulator over HTTP on 127.0.0.1."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from decimal import Decimal, InvalidOperation
+
+from standx_auth import RealClock
+
+from .market import Market, RecordedMarket, SyntheticMarket
+from .server import SimServer
+from .simulator import Simulator
+
+
+def _balance(text: str) -> Decimal | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number or 'none': {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"balance must be >= 0: {text!r}")
+    return value
+
+
+def _non_negative(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m standx_sim", description="A local StandX Perps simulator.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve the StandX API over HTTP on 127.0.0.1")
+    serve.add_argument("--port", type=_non_negative(int), default=0, help="TCP port (default 0: a free port)")
+    serve.add_argument("--market-data", nargs="+", metavar="PREFIX", default=None,
+                       help="replay PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz (in order) instead of a synthetic market")
+    serve.add_argument("--latency-ms", type=_non_negative(float), default=0.0, help="added latency per request")
+    serve.add_argument("--balance", type=_balance, default=Decimal("1000"),
+                       help="starting balance of every new account (default 1000; 'none' = unfunded)")
+    serve.add_argument("--visibility-delay-ms", type=_non_negative(float), default=200.0,
+                       help="delay before an order or cancel takes effect (default 200)")
+    serve.add_argument("--volatility-bps", type=_non_negative(float), default=0.9,
+                       help="synthetic market volatility in bps per sqrt(second) (default 0.9; "
+                            "ignored with --market-data)")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the synthetic market and faults")
+    serve.add_argument("--meter-qty", type=_non_negative(Decimal), default=Decimal("0"),
+                       help="minimum order qty that counts for uptime metering")
+    serve.set_defaults(run=serve_command)
+    return parser
+
+
+def _market(args: argparse.Namespace, clock: RealClock) -> Market:
+    if not args.market_data:
+        return SyntheticMarket(seed=args.seed, start_ts=clock.now(), volatility_bps_per_sqrt_s=args.volatility_bps)
+    return RecordedMarket(args.market_data)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    clock = RealClock()
+    try:
+        market = _market(args, clock)
+    except FileNotFoundError as e:
+        print(f"standx_sim: market data file not found: {e.filename}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:  # unreadable or malformed data
+        print(f"standx_sim: cannot load market data: {e}", file=sys.stderr)
+        return 2
+    sim = Simulator(clock, market, default_balance=args.balance,
+                    visibility_delay_s=args.visibility_delay_ms / 1000, meter_qty=args.meter_qty, seed=args.seed)
+    server = SimServer(sim, port=args.port, latency_s=args.latency_ms / 1000)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        url = server.start()
+    except OSError as e:  # port in use, no permission
+        print(f"standx_sim: cannot listen on 127.0.0.1:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(f"STANDX_SIM_URL={url}", flush=True)
+    print(f"Point STANDX_AUTH_BASE_URL and STANDX_PERPS_BASE_URL at {url} (Ctrl-C to stop).", flush=True)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

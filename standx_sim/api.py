@@ -1,0 +1,566 @@
+"""The StandX REST surface of the simulator: one handler serving every endpoint of the contract
+(Part 1 of standx_api.md), auth endpoints and perps endpoints alike, with its checks.
+
+``Api.handle(method, path, query, headers, body) -> (status, headers, body)`` never raises: a
+bug inside is logged and answered 500. Every answer carries a ``Date`` header in the
+exchange's time (clock + skew), and errors are ``{"code": <status>, "message": "..."}``.
+
+Auth model: prepare-signin issues a signedData JWT (payload readable, signature fake) that is
+remembered server-side for 180 s and can be used for one login. Login recovers the EIP-191
+signer of the payload's ``message``, which must be the payload's address, and issues a token
+(JWT-shaped, looked up server-side) bound to the requestId's Ed25519 public key; signed POSTs
+must carry a v1 body signature by that key and a timestamp within 30 s of the exchange's time.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import secrets
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from email.utils import formatdate
+from typing import Callable
+
+import base58
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from . import faults as faults_mod
+from .exchange import LIVE, Exchange, Order, RequestError
+from .faults import Faults
+from .wire import Response, error_response, json_response
+
+log = logging.getLogger(__name__)
+
+SIGNIN_TTL_S = 180
+DEFAULT_TOKEN_TTL_S = 604800
+SIGNATURE_WINDOW_S = 30
+STATEMENT = "Sign in with Ethereum to access more StandX features and trade perps on standx.com."
+PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+DIGITS = re.compile(r"[0-9]+")  # str.isdigit() would also pass "²", which int() refuses
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+SIGNATURE_HEX = re.compile(r"0x[0-9a-fA-F]{130}")
+ORDER_FIELDS = {"symbol", "side", "order_type", "qty", "time_in_force", "reduce_only", "price", "cl_ord_id",
+                "margin_mode", "leverage"}
+ORDER_REQUIRED = {"symbol", "side", "order_type", "qty", "time_in_force", "reduce_only"}
+MARGIN_MODES = ("cross", "isolated")
+CL_ORD_ID_MAX = 32
+MONEY_DECIMALS = 8
+
+PUBLIC, PRIVATE, SIGNED = "public", "private", "signed"
+LOGIN_PATHS = ("/v1/offchain/prepare-signin", "/v1/offchain/login")  # counted by the address in the body
+
+
+@dataclass
+class Signin:
+    address: str
+    message: str
+    request_id: str
+    exp: float
+
+
+@dataclass
+class LoginSession:
+    address: str  # lowercase
+    verify_key: VerifyKey
+    exp: float
+
+
+@dataclass
+class Request:
+    query: dict[str, str]
+    headers: dict[str, str]  # lowercase names
+    body: bytes
+    session: LoginSession | None = None
+
+
+# ---- formatting ---------------------------------------------------------------------------
+
+def fixed(value: Decimal, decimals: int) -> str:
+    """A tick-bound number with exactly `decimals` decimals, plain notation."""
+    return format(value.quantize(Decimal(1).scaleb(-decimals)), "f")
+
+
+def money(value: Decimal) -> str:
+    """A computed amount: up to 8 decimals, plain notation, no trailing zeros."""
+    q = value.quantize(Decimal(1).scaleb(-MONEY_DECIMALS))
+    if q.is_zero():
+        return "0"
+    text = format(q, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def iso_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _jwt(header: dict, payload: dict) -> str:
+    """A JWT-shaped string; the signature segment is random (the server looks tokens up)."""
+    parts = [json.dumps(header, separators=(",", ":")).encode(), json.dumps(payload, separators=(",", ":")).encode()]
+    return ".".join([_b64url(p) for p in parts] + [_b64url(secrets.token_bytes(32))])
+
+
+def _success() -> Response:
+    return json_response(200, {"code": 0, "message": "success", "request_id": str(uuid.uuid4())})
+
+
+# ---- request parsing ----------------------------------------------------------------------
+
+def _reject_constant(name: str):
+    raise RequestError(400, f"invalid JSON constant {name}")
+
+
+def json_object(body: bytes, allowed: set[str], required: set[str]) -> dict:
+    """The JSON object of a request body, with no unknown and no missing fields."""
+    try:
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise RequestError(400, "invalid request payload: not JSON") from None
+    if not isinstance(obj, dict):
+        raise RequestError(400, "invalid request payload: expected a JSON object")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise RequestError(400, f"unknown field: {unknown[0]}")
+    missing = sorted(required - set(obj))
+    if missing:
+        raise RequestError(400, f"missing field: {missing[0]}")
+    return obj
+
+
+def decimal_field(obj: dict, name: str, decimals: int) -> Decimal:
+    """A price or qty: a JSON string in plain decimal notation with at most `decimals` decimals."""
+    value = obj[name]
+    if not isinstance(value, str):
+        raise RequestError(400, f"{name} must be a decimal string")
+    if not PLAIN_DECIMAL.fullmatch(value):
+        raise RequestError(400, f"{name} must be a plain decimal number, got {value!r}")
+    if "." in value and len(value.split(".")[1]) > decimals:
+        raise RequestError(400, f"{name} has more than {decimals} decimals")
+    return Decimal(value)
+
+
+def choice_field(obj: dict, name: str, choices: tuple[str, ...]) -> str:
+    value = obj[name]
+    if value not in choices or not isinstance(value, str):
+        raise RequestError(400, f"{name} must be one of {', '.join(choices)}")
+    return value
+
+
+def int_field(obj: dict, name: str) -> int:
+    value = obj[name]
+    if type(value) is not int:  # bool is an int subclass; refuse it too
+        raise RequestError(400, f"{name} must be an integer")
+    return value
+
+
+def query_int(query: dict[str, str], name: str, default: int, maximum: int) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    if not DIGITS.fullmatch(text) or not 1 <= int(text) <= maximum:
+        raise RequestError(400, f"{name} must be an integer between 1 and {maximum}")
+    return int(text)
+
+
+class Api:
+    """Serves the StandX endpoints against an Exchange; see the module docstring."""
+
+    def __init__(self, exchange: Exchange, faults: Faults) -> None:
+        self._exchange = exchange
+        self._faults = faults
+        self._signins: dict[str, Signin] = {}
+        self._sessions: dict[str, LoginSession] = {}
+        self.request_counts: Counter = Counter()  # every request by path, logged in or not
+        self._routes: dict[tuple[str, str], tuple[str, Callable[[Request], Response]]] = {
+            ("POST", "/v1/offchain/prepare-signin"): (PUBLIC, self._prepare_signin),
+            ("POST", "/v1/offchain/login"): (PUBLIC, self._login),
+            ("GET", "/api/health"): (PUBLIC, self._health),
+            ("GET", "/api/query_symbol_info"): (PUBLIC, self._symbol_info),
+            ("GET", "/api/query_symbol_price"): (PUBLIC, self._symbol_price),
+            ("GET", "/api/query_positions"): (PRIVATE, self._positions),
+            ("GET", "/api/query_balance"): (PRIVATE, self._balance),
+            ("GET", "/api/query_position_config"): (PRIVATE, self._position_config),
+            ("GET", "/api/query_order"): (PRIVATE, self._query_order),
+            ("GET", "/api/query_open_orders"): (PRIVATE, self._open_orders),
+            ("GET", "/api/query_orders"): (PRIVATE, self._orders),
+            ("POST", "/api/new_order"): (SIGNED, self._new_order),
+            ("POST", "/api/cancel_order"): (SIGNED, self._cancel_order),
+            ("POST", "/api/cancel_orders"): (SIGNED, self._cancel_orders),
+            ("POST", "/api/change_leverage"): (SIGNED, self._change_leverage),
+            ("POST", "/api/change_margin_mode"): (SIGNED, self._change_margin_mode),
+        }
+        self._paths = {path for _, path in self._routes}
+
+    def expire_tokens(self) -> None:
+        """Every token issued so far stops working (401), as after a server-side revocation."""
+        self._sessions.clear()
+        log.info("all tokens expired")
+
+    # ---- dispatch -----------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
+               body: bytes) -> Response:
+        """Answer one HTTP request: (status, response headers, response body). Never raises."""
+        try:
+            status, out_headers, out_body = self._serve(method.upper(), path, query,
+                                                        {k.lower(): v for k, v in headers.items()}, body or b"")
+        except Exception:  # a simulator bug must not kill the server or the backtest
+            log.exception("internal error serving %s %s", method, path)
+            status, out_headers, out_body = error_response(500, "internal server error")
+        return status, {**out_headers, "Date": formatdate(self._exchange.exchange_time(), usegmt=True)}, out_body
+
+    def _serve(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> Response:
+        self.request_counts[path] += 1
+        caller = self._session_of(headers)
+        if caller is not None and path not in LOGIN_PATHS:
+            self._exchange.count_request(caller.address, path)
+        fault = self._faults.pick(path)
+        if fault is not None and fault.kind not in faults_mod.PROCESSED_KINDS:
+            return faults_mod.response_before_processing(fault)
+        response = self._route(method, path, Request(query, headers, body))
+        if fault is not None:
+            return faults_mod.response_after_processing(fault, response)
+        return response
+
+    def _route(self, method: str, path: str, request: Request) -> Response:
+        route = self._routes.get((method, path))
+        if route is None:
+            return error_response(405, "method not allowed") if path in self._paths else error_response(404, "not found")
+        kind, handler = route
+        try:
+            if kind != PUBLIC:
+                request.session = self._authenticate(request.headers)
+            if kind == SIGNED:
+                self._check_body_signature(request)
+            return handler(request)
+        except RequestError as e:
+            return error_response(e.status, e.message)
+
+    # ---- auth ---------------------------------------------------------------------------
+
+    def _session_of(self, headers: dict[str, str]) -> LoginSession | None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        session = self._sessions.get(token.strip()) if scheme.lower() == "bearer" else None
+        if session is None or session.exp <= self._exchange.exchange_time():
+            return None
+        return session
+
+    def _authenticate(self, headers: dict[str, str]) -> LoginSession:
+        if not headers.get("authorization"):
+            raise RequestError(401, "missing bearer token")
+        session = self._session_of(headers)
+        if session is None:
+            raise RequestError(401, "invalid or expired token")
+        return session
+
+    def _check_body_signature(self, request: Request) -> None:
+        h = request.headers
+        names = ("x-request-sign-version", "x-request-id", "x-request-timestamp", "x-request-signature")
+        missing = [n for n in names if not h.get(n)]
+        if missing:
+            raise RequestError(403, f"invalid body signature: missing {missing[0]}")
+        if h["x-request-sign-version"] != "v1":
+            raise RequestError(403, "invalid body signature: unsupported x-request-sign-version")
+        try:
+            signature = base64.b64decode(h["x-request-signature"], validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(403, "invalid body signature") from None
+        signed = f"v1,{h['x-request-id']},{h['x-request-timestamp']},".encode() + request.body
+        try:
+            request.session.verify_key.verify(signed, signature)
+        except (BadSignatureError, ValueError):
+            raise RequestError(403, "invalid body signature") from None
+        timestamp = h["x-request-timestamp"]
+        if not DIGITS.fullmatch(timestamp):
+            raise RequestError(400, "x-request-timestamp must be unix time in milliseconds")
+        if abs(int(timestamp) / 1000 - self._exchange.exchange_time()) > SIGNATURE_WINDOW_S:
+            raise RequestError(403, "signature has expired")
+
+    @staticmethod
+    def _require_bsc(request: Request) -> None:
+        if request.query.get("chain") != "bsc":
+            raise RequestError(400, "unsupported chain: expected ?chain=bsc")
+
+    def _prepare_signin(self, request: Request) -> Response:
+        self._require_bsc(request)
+        obj = json_object(request.body, {"address", "requestId"}, {"address", "requestId"})
+        address, request_id = obj["address"], obj["requestId"]
+        if not isinstance(address, str) or not ADDRESS.fullmatch(address):
+            raise RequestError(400, "address must be a 0x-prefixed 20-byte hex address")
+        if not isinstance(request_id, str) or len(self._decode_public_key(request_id)) != 32:
+            raise RequestError(400, "requestId must be a base58 Ed25519 public key")
+        now = self._exchange.exchange_time()
+        self._signins = {k: v for k, v in self._signins.items() if v.exp > now}
+        nonce = secrets.token_hex(8)
+        issued_at = iso_time(now)
+        message = (f"standx.com wants you to sign in with your Ethereum account:\n{address}\n\n{STATEMENT}\n\n"
+                   f"URI: https://standx.com\nVersion: 1\nChain ID: 56\nNonce: {nonce}\nIssued At: {issued_at}\n"
+                   f"Request ID: {request_id}")
+        payload = {"domain": "standx.com", "uri": "https://standx.com", "statement": STATEMENT, "version": "1",
+                   "chainId": 56, "nonce": nonce, "address": address, "requestId": request_id,
+                   "issuedAt": issued_at, "message": message, "iat": int(now), "exp": int(now) + SIGNIN_TTL_S}
+        signed_data = _jwt({"alg": "ES256", "typ": "JWT"}, payload)
+        self._signins[signed_data] = Signin(address, message, request_id, now + SIGNIN_TTL_S)
+        self._exchange.count_request(address, "/v1/offchain/prepare-signin")
+        return json_response(200, {"success": True, "signedData": signed_data})
+
+    @staticmethod
+    def _decode_public_key(text: str) -> bytes:
+        try:
+            return base58.b58decode(text)
+        except ValueError:
+            return b""
+
+    def _login(self, request: Request) -> Response:
+        self._require_bsc(request)
+        obj = json_object(request.body, {"signature", "signedData", "expiresSeconds"}, {"signature", "signedData"})
+        signature, signed_data = obj["signature"], obj["signedData"]
+        expires_s = obj.get("expiresSeconds", DEFAULT_TOKEN_TTL_S)
+        if type(expires_s) is not int or expires_s <= 0:
+            raise RequestError(400, "expiresSeconds must be a positive integer")
+        if not isinstance(signature, str) or not SIGNATURE_HEX.fullmatch(signature):
+            raise RequestError(400, "signature must be a 0x-prefixed 65-byte hex string")
+        if not isinstance(signed_data, str):
+            raise RequestError(400, "signedData must be a string")
+        signin = self._signins.pop(signed_data, None)  # single use, whatever the outcome
+        now = self._exchange.exchange_time()
+        if signin is None:
+            raise RequestError(401, "invalid or already used signedData")
+        if signin.exp <= now:
+            raise RequestError(401, "signedData expired")
+        try:
+            signer = Account.recover_message(encode_defunct(text=signin.message), signature=signature)
+        except Exception:  # eth_account raises several types for an unrecoverable signature
+            raise RequestError(401, "invalid signature") from None
+        if signer.lower() != signin.address.lower():
+            raise RequestError(401, "signature does not match address")
+        address = signin.address.lower()
+        payload = {"sub": address, "address": address, "requestId": signin.request_id, "chain": "bsc",
+                   "iat": int(now), "exp": int(now) + expires_s, "jti": str(uuid.uuid4())}
+        token = _jwt({"alg": "HS256", "typ": "JWT"}, payload)
+        self._sessions[token] = LoginSession(address, VerifyKey(self._decode_public_key(signin.request_id)),
+                                        now + expires_s)
+        self._exchange.count_request(address, "/v1/offchain/login")
+        log.info("login of %s", address)
+        return json_response(200, {"token": token, "address": signin.address, "alias": f"sim-{address[2:8]}",
+                                   "chain": "bsc", "perpsAlpha": True})
+
+    # ---- public endpoints ---------------------------------------------------------------
+
+    @staticmethod
+    def _health(request: Request) -> Response:
+        return 200, {"Content-Type": "text/plain"}, b"OK"
+
+    def _symbol_row(self) -> dict:
+        s = self._exchange.spec
+        return {
+            "symbol": s.symbol, "base_asset": s.base_asset, "quote_asset": s.quote_asset,
+            "base_decimals": s.base_decimals, "quote_decimals": s.quote_decimals,
+            "price_tick_decimals": s.price_tick_decimals, "qty_tick_decimals": s.qty_tick_decimals,
+            "min_order_qty": str(s.min_order_qty), "max_order_qty": str(s.max_order_qty),
+            "max_position_size": str(s.max_position_size), "max_open_orders": str(s.max_open_orders),
+            "def_leverage": str(s.def_leverage), "max_leverage": str(s.max_leverage),
+            "maker_fee": str(s.maker_fee), "taker_fee": str(s.taker_fee), "depth_ticks": "0.1,1,10",
+            "price_cap_ratio": str(s.price_cap_ratio), "price_floor_ratio": str(s.price_floor_ratio),
+            "enabled": True, "created_at": "2025-08-01T00:00:00.000000Z", "updated_at": "2025-08-01T00:00:00.000000Z",
+        }
+
+    def _symbol_info(self, request: Request) -> Response:
+        symbol = request.query.get("symbol")
+        rows = [self._symbol_row()] if symbol in (None, self._exchange.spec.symbol) else []
+        return json_response(200, rows)
+
+    def _require_symbol(self, symbol) -> None:
+        if symbol != self._exchange.spec.symbol:
+            raise RequestError(400, "invalid symbol")
+
+    def _symbol_price(self, request: Request) -> Response:
+        self._require_symbol(request.query.get("symbol"))
+        ex, decimals = self._exchange, self._exchange.spec.price_tick_decimals
+        book, mark, last = ex.book(), ex.mark_price(), ex.last_price()
+        mid = (book.bid + book.ask) / 2
+        return json_response(200, {
+            "symbol": ex.spec.symbol, "base": ex.spec.base_asset, "quote": ex.spec.quote_asset,
+            "index_price": fixed(mark, decimals), "mark_price": fixed(mark, decimals),
+            "last_price": None if last is None else fixed(last, decimals), "mid_price": format(mid, "f"),
+            "spread_bid": fixed(book.bid, decimals), "spread_ask": fixed(book.ask, decimals),
+            "time": iso_time(ex.exchange_time()),
+        })
+
+    # ---- private reads ------------------------------------------------------------------
+
+    def _positions(self, request: Request) -> Response:
+        ex, address = self._exchange, request.session.address
+        pos = ex.position(address)
+        if pos is None or request.query.get("symbol", ex.spec.symbol) != ex.spec.symbol:
+            return json_response(200, [])
+        leverage, margin_mode = ex.position_config(address)
+        mark = ex.mark_price()
+        value = abs(pos.qty) * mark
+        return json_response(200, [{
+            "id": pos.id, "symbol": ex.spec.symbol, "qty": fixed(pos.qty, ex.spec.qty_tick_decimals),
+            "entry_price": money(pos.entry_price), "entry_value": money(abs(pos.qty) * pos.entry_price),
+            "mark_price": fixed(mark, ex.spec.price_tick_decimals), "position_value": money(value),
+            "initial_margin": money(value / leverage), "holding_margin": money(value / leverage),
+            "maint_margin": money(value / leverage / 2), "mmr": money(Decimal(1) / (2 * leverage)),
+            "leverage": str(leverage),
+            "margin_mode": margin_mode, "margin_asset": ex.spec.quote_asset, "liq_price": "0",
+            "bankruptcy_price": "0", "realized_pnl": money(pos.realized_pnl), "upnl": money(ex.upnl(address)),
+            "status": "open", "time": iso_time(pos.updated_at), "created_at": iso_time(pos.created_at),
+            "updated_at": iso_time(pos.updated_at), "user": f"bsc_{address}",
+        }])
+
+    def _balance(self, request: Request) -> Response:
+        figures = self._exchange.balance_view(request.session.address)
+        if figures is None:
+            raise RequestError(404, "user balance not found")
+        return json_response(200, {k: money(v) for k, v in figures.items()})
+
+    def _position_config(self, request: Request) -> Response:
+        self._require_symbol(request.query.get("symbol"))
+        leverage, margin_mode = self._exchange.position_config(request.session.address)
+        return json_response(200, {"symbol": self._exchange.spec.symbol, "leverage": leverage,
+                                   "margin_mode": margin_mode})
+
+    def order_json(self, order: Order) -> dict:
+        spec = self._exchange.spec
+        pos = self._exchange.position(order.address)
+        locked = order.price * order.remaining / order.leverage if order.status == LIVE and not order.reduce_only else 0
+        return {
+            "id": order.id, "cl_ord_id": order.cl_ord_id, "symbol": order.symbol, "side": order.side,
+            "order_type": order.order_type, "time_in_force": order.time_in_force,
+            "price": fixed(order.price if order.price is not None else Decimal(0), spec.price_tick_decimals),
+            "qty": fixed(order.qty, spec.qty_tick_decimals), "fill_qty": fixed(order.fill_qty, spec.qty_tick_decimals),
+            "fill_avg_price": money(order.fill_avg_price), "status": order.status, "reduce_only": order.reduce_only,
+            "leverage": str(order.leverage), "margin_mode": order.margin_mode, "margin": money(Decimal(locked)),
+            "avail_locked": money(Decimal(locked)), "position_id": pos.id if pos else 0, "liq_id": 0,
+            "source": "user", "remark": order.remark, "payload": None, "created_block": 0, "closed_block": 0,
+            "created_at": iso_time(order.created_at), "updated_at": iso_time(order.updated_at),
+            "user": f"bsc_{order.address}",
+        }
+
+    def _query_order(self, request: Request) -> Response:
+        q = request.query
+        if ("order_id" in q) == ("cl_ord_id" in q):
+            raise RequestError(400, "give exactly one of order_id and cl_ord_id")
+        if "order_id" in q and not DIGITS.fullmatch(q["order_id"]):
+            raise RequestError(400, "order_id must be an integer")
+        order = self._exchange.find_order(request.session.address,
+                                          order_id=int(q["order_id"]) if "order_id" in q else None,
+                                          cl_ord_id=q.get("cl_ord_id"))
+        if order is None:
+            raise RequestError(404, "order not found")
+        return json_response(200, self.order_json(order))
+
+    def _page(self, orders: list[Order], request: Request, limit: int) -> Response:
+        if request.query.get("symbol", self._exchange.spec.symbol) != self._exchange.spec.symbol:
+            orders = []
+        return json_response(200, {"page_size": limit, "result": [self.order_json(o) for o in orders[:limit]],
+                                   "total": len(orders)})
+
+    def _open_orders(self, request: Request) -> Response:
+        limit = query_int(request.query, "limit", 500, 1200)
+        return self._page(self._exchange.open_orders(request.session.address), request, limit)
+
+    def _orders(self, request: Request) -> Response:
+        limit = query_int(request.query, "limit", 100, 500)
+        orders = self._exchange.orders(request.session.address, request.query.get("status"))
+        order_type = request.query.get("order_type")
+        return self._page([o for o in orders if order_type in (None, o.order_type)], request, limit)
+
+    # ---- signed actions -----------------------------------------------------------------
+
+    def _new_order(self, request: Request) -> Response:
+        ex = self._exchange
+        spec, address = ex.spec, request.session.address
+        obj = json_object(request.body, ORDER_FIELDS, ORDER_REQUIRED)
+        self._require_symbol(obj["symbol"])
+        side = choice_field(obj, "side", ("buy", "sell"))
+        order_type = choice_field(obj, "order_type", ("limit", "market"))
+        tif = choice_field(obj, "time_in_force", ("gtc", "ioc", "alo"))
+        if not isinstance(obj["reduce_only"], bool):
+            raise RequestError(400, "reduce_only must be a boolean")
+        qty = decimal_field(obj, "qty", spec.qty_tick_decimals)
+        if not spec.min_order_qty <= qty <= spec.max_order_qty:
+            raise RequestError(400, f"qty must be between {spec.min_order_qty} and {spec.max_order_qty}")
+        price = self._order_price(obj, order_type, tif)
+        cl_ord_id = obj.get("cl_ord_id", uuid.uuid4().hex[:26])
+        if not isinstance(cl_ord_id, str) or not 1 <= len(cl_ord_id) <= CL_ORD_ID_MAX:
+            raise RequestError(400, f"cl_ord_id must be a string of 1 to {CL_ORD_ID_MAX} characters")
+        self._check_position_config(obj, address)
+        ex.submit_order(address, side=side, order_type=order_type, qty=qty, time_in_force=tif,
+                        reduce_only=obj["reduce_only"], price=price, cl_ord_id=cl_ord_id)
+        return _success()
+
+    def _order_price(self, obj: dict, order_type: str, tif: str) -> Decimal | None:
+        spec = self._exchange.spec
+        if order_type == "market":
+            if "price" in obj:
+                raise RequestError(400, "price is only for limit orders")
+            if tif == "alo":
+                raise RequestError(400, "a market order cannot be alo")
+            return None
+        if "price" not in obj:
+            raise RequestError(400, "missing field: price")
+        price = decimal_field(obj, "price", spec.price_tick_decimals)
+        mark = self._exchange.mark_price()
+        if not mark * (1 - spec.price_floor_ratio) <= price <= mark * (1 + spec.price_cap_ratio):
+            raise RequestError(400, "price is too far from the mark price")
+        return price
+
+    def _check_position_config(self, obj: dict, address: str) -> None:
+        leverage, margin_mode = self._exchange.position_config(address)
+        if "margin_mode" in obj and obj["margin_mode"] != margin_mode:
+            raise RequestError(400, f"margin_mode does not match the position config ({margin_mode})")
+        if "leverage" in obj and (type(obj["leverage"]) is not int or obj["leverage"] != leverage):
+            raise RequestError(400, f"leverage does not match the position config ({leverage})")
+
+    def _cancel_order(self, request: Request) -> Response:
+        obj = json_object(request.body, {"order_id", "cl_ord_id"}, set())
+        if len(obj) != 1:
+            raise RequestError(400, "give exactly one of order_id and cl_ord_id")
+        if "order_id" in obj:
+            self._exchange.request_cancel(request.session.address, order_id=int_field(obj, "order_id"))
+        else:
+            if not isinstance(obj["cl_ord_id"], str):
+                raise RequestError(400, "cl_ord_id must be a string")
+            self._exchange.request_cancel(request.session.address, cl_ord_id=obj["cl_ord_id"])
+        return _success()
+
+    def _cancel_orders(self, request: Request) -> Response:
+        obj = json_object(request.body, {"order_id_list", "cl_ord_id_list"}, set())
+        if len(obj) != 1:
+            raise RequestError(400, "give exactly one of order_id_list and cl_ord_id_list")
+        (name, values), = obj.items()
+        item_type = int if name == "order_id_list" else str
+        if not isinstance(values, list) or not values or any(type(v) is not item_type for v in values):
+            raise RequestError(400, f"{name} must be a non-empty list of {item_type.__name__}")
+        if name == "order_id_list":
+            self._exchange.request_cancels(request.session.address, order_ids=values)
+        else:
+            self._exchange.request_cancels(request.session.address, cl_ord_ids=values)
+        return _success()
+
+    def _change_leverage(self, request: Request) -> Response:
+        obj = json_object(request.body, {"symbol", "leverage"}, {"symbol", "leverage"})
+        self._require_symbol(obj["symbol"])
+        self._exchange.change_leverage(request.session.address, int_field(obj, "leverage"))
+        return _success()
+
+    def _change_margin_mode(self, request: Request) -> Response:
+        obj = json_object(request.body, {"symbol", "margin_mode"}, {"symbol", "margin_mode"})
+        self._require_symbol(obj["symbol"])
+        self._exchange.change_margin_mode(request.session.address, choice_field(obj, "margin_mode", MARGIN_MODES))
+        return _success()

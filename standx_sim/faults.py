@@ -1,0 +1,132 @@
+"""Fault injection: rules that make the simulated exchange (or a proxy in front of it) misbehave.
+
+A rule applies to one request path (or to all paths), fires with a probability drawn from a
+seeded RNG, at most ``count`` times, within a time window of the clock. The first active rule
+that fires decides the fault of a request. Kinds:
+
+- ``error``: a JSON 5xx answer (``status``, default 500); the request is not processed.
+- ``html``: an HTML error page as a proxy sends it (``status``, default 502; 504 too).
+- ``malformed``: HTTP 200 with a truncated JSON body; the request is not processed.
+- ``rate_limit``: HTTP 429 with ``Retry-After: retry_after_s``; not processed.
+- ``drop``: the connection is dropped before the request reaches the exchange.
+- ``stall``: the request is processed, then the answer is held ``stall_s`` seconds.
+- ``accept_then_504``: the request is processed, then a 504 HTML page is returned, so the
+  client cannot tell whether it happened.
+
+``drop`` and ``stall`` need the transport: the handler marks its answer with the headers
+DROP_HEADER / STALL_HEADER, which the in-process adapter and the HTTP server act on and strip.
+Token expiry and clock skew are switched on the Simulator (expire_tokens, set_clock_skew).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+from dataclasses import dataclass
+
+from .clock import Clock
+from .wire import Response, error_response
+
+log = logging.getLogger(__name__)
+
+STALL_HEADER = "X-Sim-Stall-Seconds"
+DROP_HEADER = "X-Sim-Drop-Connection"
+KINDS = ("error", "html", "malformed", "rate_limit", "drop", "stall", "accept_then_504")
+PROCESSED_KINDS = ("stall", "accept_then_504")  # the request reaches the exchange before the fault
+DEFAULT_STATUS = {"error": 500, "html": 502, "accept_then_504": 504}
+
+
+@dataclass
+class FaultRule:
+    id: int
+    kind: str
+    path: str | None  # None = every path
+    probability: float
+    remaining: float  # firings left; math.inf = unlimited
+    start: float  # clock seconds
+    end: float
+    status: int
+    retry_after_s: int
+    stall_s: float
+
+    def matches(self, path: str, now: float) -> bool:
+        return (self.path is None or self.path == path) and self.start <= now < self.end and self.remaining > 0
+
+
+def html_page(status: int) -> Response:
+    title = {502: "502 Bad Gateway", 503: "503 Service Temporarily Unavailable", 504: "504 Gateway Time-out"}.get(
+        status, f"{status} Error")
+    page = (f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
+            f"<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+    return status, {"Content-Type": "text/html"}, page.encode()
+
+
+class Faults:
+    """The active fault rules; see the module docstring."""
+
+    def __init__(self, clock: Clock, seed: int = 0) -> None:
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._rules: list[FaultRule] = []
+        self._ids = itertools.count(1)
+
+    def add(self, kind: str, *, path: str | None = None, probability: float = 1.0, count: int | None = None,
+            after_s: float = 0.0, for_s: float | None = None, status: int | None = None,
+            retry_after_s: int = 1, stall_s: float = 5.0) -> int:
+        """Add a rule active from now + after_s for for_s seconds (None = forever); returns its id."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError("probability must be between 0 and 1")
+        if count is not None and count < 1:
+            raise ValueError("count must be >= 1")
+        if status is not None and (kind not in ("error", "html") or not 500 <= status <= 599):
+            raise ValueError("status is a 5xx and only for the error and html kinds")
+        status = DEFAULT_STATUS.get(kind, 0) if status is None else status
+        if retry_after_s < 0 or stall_s < 0:
+            raise ValueError("retry_after_s and stall_s must be >= 0")
+        start = self._clock.now() + after_s
+        rule = FaultRule(next(self._ids), kind, path, probability, math.inf if count is None else count,
+                         start, math.inf if for_s is None else start + for_s, status, retry_after_s, stall_s)
+        self._rules.append(rule)
+        log.info("fault rule %d added: %s on %s", rule.id, kind, path or "every path")
+        return rule.id
+
+    def clear(self) -> None:
+        self._rules.clear()
+
+    def pick(self, path: str) -> FaultRule | None:
+        """The rule that fires for this request, if any (its count is used up by one)."""
+        now = self._clock.now()
+        for rule in self._rules:
+            if not rule.matches(path, now):
+                continue
+            if rule.probability < 1.0 and self._rng.random() >= rule.probability:
+                continue
+            rule.remaining -= 1
+            log.debug("fault %s fires on %s", rule.kind, path)
+            return rule
+        return None
+
+
+def response_before_processing(rule: FaultRule) -> Response:
+    """The answer of a fault that stops the request before the exchange sees it."""
+    if rule.kind == "error":
+        return error_response(rule.status, "internal server error" if rule.status == 500 else "service unavailable")
+    if rule.kind == "html":
+        return html_page(rule.status)
+    if rule.kind == "malformed":
+        return 200, {"Content-Type": "application/json"}, b'{"code":0,"message":"succ'
+    if rule.kind == "rate_limit":
+        status, headers, body = error_response(429, "too many requests")
+        return status, {**headers, "Retry-After": str(rule.retry_after_s)}, body
+    return 502, {DROP_HEADER: "1"}, b""  # drop: a transport closes the connection instead
+
+
+def response_after_processing(rule: FaultRule, response: Response) -> Response:
+    """The answer of a fault that lets the request through first."""
+    if rule.kind == "accept_then_504":
+        return html_page(rule.status)
+    status, headers, body = response  # stall
+    return status, {**headers, STALL_HEADER: str(rule.stall_s)}, body

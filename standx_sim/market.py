@@ -1,0 +1,216 @@
+"""Market data the exchange engine replays: recorded StandX CSVs or a seeded synthetic walk.
+
+Every source answers in *data time* (unix seconds of the data itself); the Exchange maps its
+clock onto data time. The common interface (class Market):
+
+- ``start_ts``: data time of the first book.
+- ``book_at(t)``: the best bid/ask in force at t (the first book before the data starts, the
+  last book after it ends).
+- ``book_changes_between(t0, t1)`` / ``trades_between(t0, t1)``: events with t0 < ts <= t1,
+  found by bisection in append-only sorted arrays, so a replay never rescans.
+- ``price_offset``: a Decimal added to every price reported, set by the Exchange's test
+  controls (shift_bps, set_mid). It applies from the moment it is set: the Exchange has already
+  consumed everything before that moment.
+"""
+from __future__ import annotations
+
+import bisect
+import csv
+import gzip
+import logging
+import math
+import random
+from decimal import Decimal
+from typing import Iterator, NamedTuple
+
+log = logging.getLogger(__name__)
+
+BBO_COLUMNS = ["ts_ms", "bid", "ask", "bid_qty", "ask_qty"]
+TRADE_COLUMNS = ["ts_ms", "price", "qty", "taker_side"]
+
+
+class BookTop(NamedTuple):
+    bid: Decimal
+    ask: Decimal
+
+
+class BookChange(NamedTuple):
+    ts: float
+    bid: Decimal
+    ask: Decimal
+
+
+class Trade(NamedTuple):
+    ts: float
+    price: Decimal
+    qty: Decimal
+    taker_side: str  # "buy": the buyer took liquidity, so resting sells were hit
+
+
+class Market:
+    """Sorted book and trade series with bisection look-ups; subclasses fill the series."""
+
+    def __init__(self) -> None:
+        self.price_offset = Decimal(0)
+        self._book_ts: list[float] = []
+        self._books: list[tuple[Decimal, Decimal]] = []
+        self._trade_ts: list[float] = []
+        self._trades: list[tuple[Decimal, Decimal, str]] = []
+
+    @property
+    def start_ts(self) -> float:
+        return self._book_ts[0]
+
+    def _extend_to(self, t: float) -> None:
+        """Make sure the series cover data time t (lazy sources generate here)."""
+
+    def book_at(self, t: float) -> BookTop:
+        self._extend_to(t)
+        i = max(bisect.bisect_right(self._book_ts, t) - 1, 0)
+        bid, ask = self._books[i]
+        return BookTop(bid + self.price_offset, ask + self.price_offset)
+
+    def book_changes_between(self, t0: float, t1: float) -> list[BookChange]:
+        self._extend_to(t1)
+        lo = bisect.bisect_right(self._book_ts, t0)
+        hi = bisect.bisect_right(self._book_ts, t1)
+        off = self.price_offset
+        return [BookChange(self._book_ts[k], self._books[k][0] + off, self._books[k][1] + off)
+                for k in range(lo, hi)]
+
+    def trades_between(self, t0: float, t1: float) -> list[Trade]:
+        self._extend_to(t1)
+        lo = bisect.bisect_right(self._trade_ts, t0)
+        hi = bisect.bisect_right(self._trade_ts, t1)
+        off = self.price_offset
+        return [Trade(self._trade_ts[k], self._trades[k][0] + off, self._trades[k][1], self._trades[k][2])
+                for k in range(lo, hi)]
+
+
+def _read_csv_gz(path: str, columns: list[str]) -> Iterator[list[str]]:
+    with gzip.open(path, "rt", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != columns:
+            raise ValueError(f"{path}: expected columns {','.join(columns)}, got {header}")
+        yield from reader
+
+
+class RecordedMarket(Market):
+    """Replay of recorded StandX top-of-book and trades: PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz.
+
+    Prefixes are concatenated in the order given and must be in time order. Locked or crossed
+    books are kept as recorded. The capture labels every trade's taker side "sell", which would
+    let trades fill resting buys but never resting sells; so a label that contradicts the book
+    in force just before the trade (a print at or above the ask and above the bid is a buyer
+    taking, and vice versa) is corrected from the book. Other labels are kept.
+    """
+
+    def __init__(self, prefixes: list[str]) -> None:
+        super().__init__()
+        if not prefixes:
+            raise ValueError("RecordedMarket needs at least one data prefix")
+        for prefix in prefixes:
+            self._load_books(f"{prefix}.bbo.csv.gz")
+            self._load_trades(f"{prefix}.trades.csv.gz")
+        if not self._book_ts:
+            raise ValueError(f"no book rows in {', '.join(prefixes)}")
+        corrected = self._correct_taker_sides()
+        log.info("loaded %d book rows and %d trades from %d file pair(s); %d taker sides corrected",
+                 len(self._book_ts), len(self._trade_ts), len(prefixes), corrected)
+
+    def _load_books(self, path: str) -> None:
+        for row in _read_csv_gz(path, BBO_COLUMNS):
+            ts = int(row[0]) / 1000
+            if self._book_ts and ts < self._book_ts[-1]:
+                raise ValueError(f"{path}: book rows go back in time at ts_ms {row[0]}")
+            self._book_ts.append(ts)
+            self._books.append((Decimal(row[1]), Decimal(row[2])))
+
+    def _load_trades(self, path: str) -> None:
+        for row in _read_csv_gz(path, TRADE_COLUMNS):
+            ts = int(row[0]) / 1000
+            if self._trade_ts and ts < self._trade_ts[-1]:
+                raise ValueError(f"{path}: trades go back in time at ts_ms {row[0]}")
+            if row[3] not in ("buy", "sell"):
+                raise ValueError(f"{path}: taker_side must be buy or sell, got {row[3]!r}")
+            self._trade_ts.append(ts)
+            self._trades.append((Decimal(row[1]), Decimal(row[2]), row[3]))
+
+    def _correct_taker_sides(self) -> int:
+        corrected = 0
+        for k, ts in enumerate(self._trade_ts):
+            i = bisect.bisect_left(self._book_ts, ts) - 1  # the book strictly before the print
+            if i < 0:
+                continue
+            bid, ask = self._books[i]
+            price, qty, side = self._trades[k]
+            if price >= ask and price > bid:
+                inferred = "buy"
+            elif price <= bid and price < ask:
+                inferred = "sell"
+            else:
+                continue
+            if inferred != side:
+                self._trades[k] = (price, qty, inferred)
+                corrected += 1
+        return corrected
+
+
+class SyntheticMarket(Market):
+    """A seeded random walk of the mid, generated lazily in 0.1 s steps, with occasional trades.
+
+    Each step multiplies the mid by exp(sigma * N(0, 1)) with sigma = volatility * sqrt(step),
+    draws a spread uniformly in whole ticks between spread_usd[0] and spread_usd[1], and with
+    probability trades_per_s * step prints a trade at the touch (buyer taker at the ask, seller
+    taker at the bid). The same seed always gives the same market. Volatility 0 gives a fully
+    quiet market: a fixed book at the minimum spread and no trades (tests inject what they need).
+    """
+
+    STEP_S = 0.1
+
+    def __init__(self, seed: int = 0, start_ts: float = 0.0, start_price: Decimal = Decimal("95000"),
+                 volatility_bps_per_sqrt_s: float = 0.9,
+                 spread_usd: tuple[Decimal, Decimal] = (Decimal("0.1"), Decimal("1")),
+                 trades_per_s: float = 0.5, tick: Decimal = Decimal("0.1"),
+                 lot: Decimal = Decimal("0.0001")) -> None:
+        super().__init__()
+        if volatility_bps_per_sqrt_s < 0:
+            raise ValueError("volatility must be >= 0")
+        self._rng = random.Random(seed)
+        self._start = float(start_ts)
+        self._tick = tick
+        self._lot = lot
+        self._mid_ticks = float(start_price / tick)  # in ticks, so the book rounds without float noise
+        self._sigma_step = volatility_bps_per_sqrt_s * 1e-4 * math.sqrt(self.STEP_S)
+        self._spread_ticks = (int(spread_usd[0] / tick), int(spread_usd[1] / tick))
+        self._trade_p = trades_per_s * self.STEP_S
+        self._steps = 0
+        self._quiet = volatility_bps_per_sqrt_s == 0
+        self._book_ts.append(self._start)
+        self._books.append(self._book_for(self._spread_ticks[0]))
+
+    def _book_for(self, spread_ticks: int) -> tuple[Decimal, Decimal]:
+        bid_ticks = math.floor(self._mid_ticks - spread_ticks / 2 + 1e-9)
+        return Decimal(bid_ticks) * self._tick, Decimal(bid_ticks + spread_ticks) * self._tick
+
+    def _extend_to(self, t: float) -> None:
+        if self._quiet:
+            return
+        while self._start + self._steps * self.STEP_S < t:
+            self._step()
+
+    def _step(self) -> None:
+        self._steps += 1
+        ts = self._start + self._steps * self.STEP_S
+        rng = self._rng
+        self._mid_ticks *= math.exp(self._sigma_step * rng.gauss(0.0, 1.0))
+        book = self._book_for(rng.randint(*self._spread_ticks))
+        if book != self._books[-1]:
+            self._book_ts.append(ts)
+            self._books.append(book)
+        if rng.random() < self._trade_p:
+            side = rng.choice(("buy", "sell"))
+            price = book[1] if side == "buy" else book[0]
+            self._trade_ts.append(ts)
+            self._trades.append((price, rng.randint(1, 500) * self._lot, side))

@@ -46,6 +46,7 @@ STOP_DEADLINE_S = 14.0
 STOP_POLL_S = 0.3
 STARTUP_BACKOFF_MAX_S = 60.0
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+DEFAULT_SIM_REPORT = os.path.join("logs", "simulate_report.json")
 
 NORMAL, DEGRADED_1, DEGRADED_2 = "normal", "degraded_1", "degraded_2"
 
@@ -328,7 +329,6 @@ class MarketMaker:
         self.iteration = 0
         self.order_counter = 0
         self.close_settles_at = 0.0
-        self.last_order_sent_at = 0.0
         self.requotes = 0
         self.fills = 0
         self.orders_placed = 0
@@ -576,7 +576,6 @@ class MarketMaker:
         """Send one post-only quote. Tracked before sending, so an unknown outcome is looked for."""
         order = OurOrder(self.new_cl_ord_id(side), side, price, self.clock.now())
         self.orders.append(order)
-        self.last_order_sent_at = order.sent_at
         self.orders_placed += 1
         try:
             api.new_limit_order(self.auth, self.config.symbol, side, self.config.qty, price,
@@ -631,9 +630,7 @@ class MarketMaker:
         """Cancel every order of ours and confirm none is left; close any position. True if clean."""
         self.request_stop()
         deadline = self.auth.deadline or self.clock.now() + STOP_DEADLINE_S
-        ids = [o.cl_ord_id for o in self.orders]
-        if ids:
-            self._cancel_ids(ids)
+        self._cancel_ids([o.cl_ord_id for o in self.orders])
         clean = False
         while self.clock.now() < deadline:
             self.clock.sleep(STOP_POLL_S)
@@ -642,12 +639,13 @@ class MarketMaker:
             except StandXError as exc:
                 log.warning("open orders read failed while stopping (%s)", exc)
                 continue
-            in_flight = self.clock.now() - self.last_order_sent_at < ORDER_VISIBLE_TIMEOUT_S
-            if not ours and not in_flight:
+            for order in self.orders:
+                order.seen = order.seen or order.cl_ord_id in ours
+            if not ours and not self._unseen_in_flight():
                 clean = True
                 break
-            if ours:
-                self._cancel_ids(ours)
+            self._cancel_ids(ours)
+            self._look_up_unseen()
         flat = self._flatten_before_exit(deadline)
         if clean and flat:
             log.info("stopped: no order of ours is left open and no position")
@@ -656,6 +654,23 @@ class MarketMaker:
                       "(our orders are cancelled at the next start)",
                       "our orders are cancelled" if not clean else "the position is closed")
         return clean and flat
+
+    def _unseen_in_flight(self) -> bool:
+        """An order sent but never seen may still appear: wait for it, up to its timeout."""
+        now = self.clock.now()
+        return any(not o.seen and now - o.sent_at < ORDER_VISIBLE_TIMEOUT_S for o in self.orders)
+
+    def _look_up_unseen(self) -> None:
+        """Ask for each unseen order by cl_ord_id: any answer means the exchange has it (a live
+        one is cancelled by the next poll); 404 means not visible yet."""
+        for order in self.orders:
+            if order.seen:
+                continue
+            try:
+                api.query_order(self.auth, cl_ord_id=order.cl_ord_id)
+                order.seen = True
+            except StandXError as exc:
+                log.debug("order %s not visible yet (%s)", order.cl_ord_id, exc)
 
     def _flatten_before_exit(self, deadline: float) -> bool:
         """Close any position left (a fill can land while cancels are in flight) and confirm."""
@@ -711,12 +726,35 @@ def load_environment(env_file: str | None) -> None:
         load_dotenv(path, override=False)
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="StandX Perps market maker")
     parser.add_argument("--env-file", help="read settings from this file (default: ./.env if present)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the settings, print them and exit (no request is sent)")
-    return parser.parse_args(argv)
+    sim = parser.add_argument_group("simulation (no account needed)")
+    sim.add_argument("--simulate", action="store_true",
+                     help="run against a local StandX simulator with a throwaway wallet")
+    sim.add_argument("--market-data", nargs="+", metavar="PREFIX",
+                     help="replay recorded hours (PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz) "
+                          "instead of a synthetic market")
+    sim.add_argument("--duration", type=_positive_seconds, metavar="SECONDS",
+                     help="stop after this many seconds (default: until Ctrl-C)")
+    sim.add_argument("--report-json", metavar="PATH", default=DEFAULT_SIM_REPORT,
+                     help=f"where to write the run's report (default: {DEFAULT_SIM_REPORT})")
+    args = parser.parse_args(argv)
+    if not args.simulate and (args.market_data or args.duration):
+        parser.error("--market-data and --duration need --simulate")
+    return args
 
 
 def setup_logging(level: str) -> None:
@@ -744,7 +782,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("INFO")
     try:
         load_environment(args.env_file)
-        config = load_config(os.environ)
+        env = dict(os.environ)
+        if args.simulate:
+            from standx_sim.simulate import throwaway_key
+            env["WALLET_PRIVATE_KEY"] = throwaway_key()
+        config = load_config(env)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -752,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"configuration OK: {describe(config)}")
         return EXIT_OK
+    if args.simulate:
+        return simulate(config, args)
     auth = StandXAuth(config.private_key, auth_base_url=config.auth_base_url,
                       perps_base_url=config.perps_base_url)
     maker = MarketMaker(config, auth)
@@ -761,6 +805,19 @@ def main(argv: list[str] | None = None) -> int:
         return maker.run()
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
+
+
+def simulate(config: Config, args: argparse.Namespace) -> int:
+    """The daemon against a local simulator (imported only here: live runs never load it)."""
+    from standx_sim.simulate import run_simulation
+    try:
+        return run_simulation(config, args.market_data, args.duration, args.report_json)
+    except FileNotFoundError as exc:
+        print(f"market data not found: {exc.filename}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:
+        print(f"cannot load market data: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
 

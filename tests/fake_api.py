@@ -32,6 +32,7 @@ class FakeApi:
         self.balance: dict[str, Any] = {"balance": balance, "equity": balance}
         self.position = Decimal(0)
         self.open: list[dict[str, Any]] = []
+        self.final: dict[str, str] = {}  # cl_ord_id -> final status, for query_order
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.failures: dict[str, Exception] = {}
         self.next_id = 1
@@ -109,6 +110,16 @@ class FakeApi:
             return {"code": 0, "message": "success"}
         self.position += signed
         return {"code": 0, "message": "success"}
+
+    def query_order(self, auth: Any, order_id: int | None = None,
+                    cl_ord_id: str | None = None) -> dict[str, Any]:
+        self._record("query_order", cl_ord_id=cl_ord_id)
+        for order in self.open:
+            if order["cl_ord_id"] == cl_ord_id:
+                return dict(order)
+        if cl_ord_id in self.final:
+            return {"cl_ord_id": cl_ord_id, "status": self.final[cl_ord_id]}
+        raise StandXError("order not found", 404)
 
     def cancel_order(self, auth: Any, order_id: int | None = None,
                      cl_ord_id: str | None = None) -> dict[str, Any]:

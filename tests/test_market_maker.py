@@ -412,6 +412,25 @@ def test_shutdown_reports_failure_when_cancels_cannot_be_confirmed(maker, exchan
     assert maker.clock.now() - started <= mm.STOP_DEADLINE_S + 1
 
 
+def test_shutdown_waits_for_an_unseen_order_until_the_exchange_knows_it(maker, exchange):
+    maker.run_once()  # both quotes sent, neither seen yet
+    ids = [o.cl_ord_id for o in maker.orders]
+    exchange.open.clear()  # cancelled before ever becoming visible...
+    exchange.final[ids[0]] = "canceled"  # ...and the exchange knows about only one of them
+    started = maker.clock.now()
+    assert maker.shutdown() is True
+    assert maker.clock.now() - started >= mm.ORDER_VISIBLE_TIMEOUT_S - 0.5  # waited for the other
+
+
+def test_shutdown_is_quick_when_every_unseen_order_is_known_to_be_final(maker, exchange):
+    maker.run_once()
+    exchange.final = {o.cl_ord_id: "canceled" for o in maker.orders}
+    exchange.open.clear()
+    started = maker.clock.now()
+    assert maker.shutdown() is True
+    assert maker.clock.now() - started < 1.5
+
+
 def test_stop_request_bounds_every_later_request(maker):
     maker.request_stop("SIGTERM")
     assert maker.stop_requested

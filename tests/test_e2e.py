@@ -1,0 +1,226 @@
+"""The real daemon end to end against the simulator: in-process on a virtual clock, and as
+subprocesses over HTTP (`python market_maker.py` against `python -m standx_sim serve`)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import requests
+
+import market_maker as mm
+from standx_auth import StandXAuth
+from standx_sim.simulate import throwaway_key
+from tests.sim_helpers import BASE_URL, FLAT_MARK, flat_sim
+
+REPO = Path(__file__).resolve().parent.parent
+HTTP_TIMEOUT_S = 5
+
+
+# ---- in-process, virtual time ----------------------------------------------------------------
+
+def start_daemon(sim, **env: str) -> mm.MarketMaker:
+    """The real MarketMaker and StandXAuth on the simulator's clock, through the adapter."""
+    config = mm.load_config({"WALLET_PRIVATE_KEY": throwaway_key(), "STANDX_AUTH_BASE_URL": BASE_URL,
+                             "STANDX_PERPS_BASE_URL": BASE_URL, **env})
+    session = requests.Session()
+    session.trust_env = False
+    session.mount(BASE_URL, sim.adapter(latency_s=0.02))
+    auth = StandXAuth(config.private_key, auth_base_url=BASE_URL, perps_base_url=BASE_URL,
+                      clock=sim.clock, session=session)
+    maker = mm.MarketMaker(config, auth, clock=sim.clock)
+    maker.start()
+    return maker
+
+
+def run_for(maker: mm.MarketMaker, seconds: float) -> None:
+    ends = maker.clock.now() + seconds
+    while maker.clock.now() < ends:
+        maker.run_once()
+        maker.clock.sleep(maker.config.check_interval_s)
+
+
+def resting(sim, maker: mm.MarketMaker, side: str | None = None) -> list:
+    return [o for o in sim.exchange.open_orders(maker.auth.address.lower())
+            if side is None or o.side == side]
+
+
+def distance(order, mark: Decimal) -> Decimal:
+    return mm.distance_bps(order.side, order.price, mark)
+
+
+def test_login_then_two_sided_post_only_quotes_within_the_band():
+    sim = flat_sim()
+    maker = start_daemon(sim)
+    run_for(maker, 2)
+    orders = resting(sim, maker)
+    assert sorted(o.side for o in orders) == ["buy", "sell"]
+    for order in orders:
+        assert order.time_in_force == "alo" and not order.reduce_only
+        assert order.qty == Decimal("0.005")
+        assert order.cl_ord_id.startswith(mm.CL_ORD_ID_PREFIX)
+        assert Decimal(7) <= distance(order, FLAT_MARK) <= Decimal(10)
+
+
+def test_price_move_is_followed_by_a_requote_back_into_the_band():
+    sim = flat_sim()
+    maker = start_daemon(sim)
+    run_for(maker, 2)
+    before = {o.cl_ord_id for o in resting(sim, maker)}
+    sim.exchange.shift_bps(3)  # buy now 10.5 bps away, sell 4.5 bps: both out of band
+    run_for(maker, 2)
+    mark = sim.exchange.mark_price()
+    after = resting(sim, maker)
+    assert {o.cl_ord_id for o in after}.isdisjoint(before)
+    assert sorted(o.side for o in after) == ["buy", "sell"]
+    assert all(Decimal(7) <= distance(o, mark) <= Decimal(10) for o in after)
+
+
+def test_fill_is_closed_reduce_only_and_the_side_is_placed_again():
+    sim = flat_sim()
+    maker = start_daemon(sim)
+    run_for(maker, 2)
+    buy = resting(sim, maker, "buy")[0]
+    sim.exchange.add_trade(buy.price, Decimal("0.01"), "sell")  # a seller hits our bid
+    run_for(maker, 4)
+    address = maker.auth.address.lower()
+    closes = [o for o in sim.exchange.orders(address) if o.order_type == "market"]
+    assert [(o.side, o.reduce_only, o.time_in_force, o.status) for o in closes] == \
+        [("sell", True, "ioc", "filled")]
+    assert sim.exchange.metrics(address)["position_qty"] == 0
+    assert sorted(o.side for o in resting(sim, maker)) == ["buy", "sell"]
+    assert maker.fills == 1
+
+
+@pytest.mark.parametrize("balance, mode, target_bps", [
+    ("1000", "normal", Decimal("7.5")), ("75", "degraded_1", Decimal(25)), ("40", "degraded_2", Decimal(80)),
+])
+def test_each_balance_mode_quotes_at_its_distance(balance, mode, target_bps):
+    sim = flat_sim()
+    maker = start_daemon(sim)
+    run_for(maker, 1)
+    sim.exchange.set_balance(maker.auth.address.lower(), Decimal(balance))
+    run_for(maker, 10 * maker.config.check_interval_s + 2)
+    assert maker.mode == mode
+    orders = resting(sim, maker)
+    assert sorted(o.side for o in orders) == ["buy", "sell"]
+    for order in orders:
+        assert abs(distance(order, FLAT_MARK) - target_bps) < Decimal("0.1")
+
+
+def test_ten_seconds_of_quoting_keep_at_most_one_order_per_side_at_rest():
+    sim = flat_sim(meter_qty=Decimal("0.005"))
+    maker = start_daemon(sim)
+    run_for(maker, 10)
+    metrics = sim.exchange.metrics(maker.auth.address.lower())
+    assert metrics["max_live_orders"] == {"buy": 1, "sell": 1}
+    assert metrics["two_sided_uptime"] > 0.9
+
+
+def test_shutdown_leaves_no_order_and_spares_manual_ones():
+    sim = flat_sim()
+    maker = start_daemon(sim)
+    address = maker.auth.address.lower()
+    sim.exchange.submit_order(address, side="buy", order_type="limit", qty=Decimal("0.001"),
+                              time_in_force="gtc", reduce_only=False, price=Decimal("90000"),
+                              cl_ord_id="by-hand-1")
+    run_for(maker, 2)
+    assert maker.shutdown() is True
+    assert [o.cl_ord_id for o in resting(sim, maker)] == ["by-hand-1"]
+
+
+# ---- subprocesses over HTTP -------------------------------------------------------------------
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MARKET_MAKER_", "STANDX_", "WALLET_", "LOG_LEVEL"))}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def sim_server():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "standx_sim", "serve", "--volatility-bps", "0",
+         "--visibility-delay-ms", "100"],
+        cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = process.stdout.readline().strip().split("=", 1)[1]
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def account(url: str, address: str) -> dict:
+    answer = requests.get(f"{url}/_sim/account", params={"address": address}, timeout=HTTP_TIMEOUT_S)
+    return answer.json() if answer.status_code == 200 else {}
+
+
+def wait_until(condition, timeout_s: float) -> bool:
+    ends = time.monotonic() + timeout_s
+    while time.monotonic() < ends:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_daemon_process_quotes_then_stops_on_sigterm_with_no_order_left(sim_server, tmp_path):
+    key = throwaway_key()
+    from eth_account import Account
+    address = Account.from_key(key).address.lower()
+    daemon = subprocess.Popen(
+        [sys.executable, str(REPO / "market_maker.py")], cwd=tmp_path,
+        env=clean_env(WALLET_PRIVATE_KEY=key, STANDX_AUTH_BASE_URL=sim_server,
+                      STANDX_PERPS_BASE_URL=sim_server, MARKET_MAKER_CHECK_INTERVAL="0.2"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        two_sided = wait_until(lambda: len(account(sim_server, address).get("open_orders", [])) == 2, 20)
+        orders = account(sim_server, address)["open_orders"]
+        daemon.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = daemon.wait(timeout=20)
+        output = daemon.stdout.read()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert two_sided, output
+    assert sorted(o["side"] for o in orders) == ["buy", "sell"]
+    assert {o["time_in_force"] for o in orders} == {"alo"}
+    assert code == 0 and time.monotonic() - started < 15
+    assert account(sim_server, address)["open_orders"] == []
+    assert key[2:] not in output and "Traceback" not in output
+
+
+def test_simulate_runs_without_any_env_and_writes_its_report(tmp_path):
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "market_maker.py"), "--simulate", "--duration", "4",
+         "--report-json", str(report)],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(report.read_text())
+    for key in ("uptime_pct", "fills", "orders_placed", "requotes", "requests", "requests_per_s",
+                "pnl", "fees", "open_orders_at_end", "sim_seconds", "wall_s"):
+        assert key in figures
+    assert figures["open_orders_at_end"] == 0
+    assert figures["orders_placed"] >= 2 and figures["requests"] > 0
+    assert 0 < figures["uptime_pct"] <= 100
+    assert "two-sided uptime" in result.stdout
+
+
+def test_simulate_with_a_missing_market_file_is_a_one_line_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "market_maker.py"), "--simulate", "--market-data",
+         str(tmp_path / "nope")], cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"market data not found: {tmp_path / 'nope'}.bbo.csv.gz"]

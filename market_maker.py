@@ -1,9 +1,10 @@
 """StandX Perps market maker: one post-only buy and one post-only sell around the mark price.
 
 Every CHECK_INTERVAL the loop (1) closes any position at once with a reduce-only IOC market
-order, (2) reads the mark price and our resting orders, (3) requotes a side whose order is
-missing or has drifted out of the band. Every 10 loops it reads the balance and widens the
-band when the balance is low. SIGTERM/SIGINT: finish the loop, cancel our orders, confirm.
+order, (2) checks our orders against the exchange when one needs confirming or the audit is
+due, (3) reads the mark price last and requotes at once when a side is missing or has drifted
+out of the band (both sides are re-centred together). Every 10 loops it reads the balance and
+widens the band when the balance is low. SIGTERM/SIGINT: finish the loop, cancel, confirm.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
-from typing import Any, Mapping
+from functools import partial
+from typing import Any, Callable, Mapping
 
 from dotenv import load_dotenv
 
@@ -35,8 +37,14 @@ LIVE_STATUSES = frozenset({"new", "open", "partially_filled"})
 BALANCE_CHECK_EVERY_LOOPS = 10
 # An order not visible after this long is treated as lost (cancelled by id if it shows up).
 ORDER_VISIBLE_TIMEOUT_S = 3.0
+# An order still not visible after this long is looked up by cl_ord_id: a rejection during
+# matching (an alo that would cross, no margin) is then known at once, not at the timeout.
+LOOKUP_AFTER_S = 1.0
 # A cancel not effective after this long is sent again.
 CANCEL_RETRY_S = 2.0
+# Our orders are tracked locally; the exchange's list is read when an order needs confirming,
+# and at least this often to catch what local state cannot see (strays, silent rejections).
+AUDIT_EVERY_S = 2.0
 # After a close is sent, wait this long for the position to reflect it before closing again.
 CLOSE_SETTLE_S = 1.0
 # The original strategy's pause between "cancel all" and "place both".
@@ -327,6 +335,7 @@ class MarketMaker:
         self.orders: list[OurOrder] = []
         self.stray_cancels: dict[str, float] = {}
         self.iteration = 0
+        self.last_audit_at = float("-inf")
         self.order_counter = 0
         self.close_settles_at = 0.0
         self.requotes = 0
@@ -387,32 +396,54 @@ class MarketMaker:
     # -- one loop --
 
     def run_once(self) -> None:
-        """One pass: balance (every 10th), position, price, orders, requote."""
+        """One pass: the reads in one round trip, then close, reconcile and requote.
+
+        Every loop reads the position and the price; our orders when one awaits confirmation
+        or the audit is due; the balance every 10th loop. The reads overlap, so the price is
+        read at the same point of every loop and the decision follows it at once. A failed
+        read ends the pass: no decision is made on unknown state.
+        """
         self.iteration += 1
+        reads: dict[str, Callable[[], Any]] = {"position": self._read_position}
+        if self.orders_await_confirmation() or self.audit_due():
+            reads["orders"] = self._read_open_orders
         if self.iteration % BALANCE_CHECK_EVERY_LOOPS == 0:
-            self._refresh_mode()
-        position = self._read_position()
+            reads["balance"] = self._read_balance
+        reads["market"] = self._read_market
+        got = dict(zip(reads, self.clock.gather(list(reads.values()))))
+        if got.get("balance") is not None:
+            self._set_mode(got["balance"])
+        position = got["position"]
         if position is None:
             return
         self._note_position(position)
         if position != 0:
             self.close_position(position)
-        market = self._read_market()
-        open_orders = self._read_open_orders()
-        if market is None or open_orders is None:
-            return  # unknown state: decide nothing this loop
-        self.market = market
-        self.reconcile(open_orders)
-        self.requote(market)
+        if "orders" in got:
+            if got["orders"] is None:
+                return
+            self.reconcile(got["orders"])
+        if got["market"] is None:
+            return
+        self.market = got["market"]
+        self.requote(self.market)
         self._maybe_log_status()
 
-    def _refresh_mode(self) -> None:
+    def audit_due(self) -> bool:
+        """Time to check the exchange's list for what local state cannot see (strays, orders
+        gone without our cancel)."""
+        return self.clock.now() - self.last_audit_at >= AUDIT_EVERY_S
+
+    def orders_await_confirmation(self) -> bool:
+        """An order of ours was sent but not yet seen, or cancelled but not yet gone."""
+        return any(not o.seen or o.cancelling for o in self.orders)
+
+    def _read_balance(self) -> Decimal | None:
         try:
-            balance = self._read_balance_or_raise()
+            return self._read_balance_or_raise()
         except StandXError as exc:
             log.warning("balance read failed (%s): keeping mode %s", exc, self.mode)
-            return
-        self._set_mode(balance)
+            return None
 
     def _set_mode(self, balance: Decimal, initial: bool = False) -> None:
         self.balance = balance
@@ -491,6 +522,7 @@ class MarketMaker:
     def reconcile(self, open_orders: list[dict[str, Any]]) -> None:
         """Match our tracked orders with what the exchange shows; cancel strays of ours."""
         now = self.clock.now()
+        self.last_audit_at = now
         visible = {o["cl_ord_id"]: o for o in open_orders if is_our_order(o)}
         kept: list[OurOrder] = []
         for order in self.orders:
@@ -498,9 +530,15 @@ class MarketMaker:
                 order.seen = True
                 kept.append(order)
                 if order.cancelling and now - order.cancel_sent_at >= CANCEL_RETRY_S:
-                    self._cancel(order)
+                    self._cancel_orders([order])
             elif not order.seen and now - order.sent_at < ORDER_VISIBLE_TIMEOUT_S:
-                kept.append(order)  # still in flight
+                status = self._look_up(order) if now - order.sent_at >= LOOKUP_AFTER_S else None
+                if status is None or status in LIVE_STATUSES:
+                    order.seen = status is not None
+                    kept.append(order)  # still in flight, or live after all
+                elif not order.cancelling:
+                    log.info("%s order %s at %s was %s by the exchange", order.side,
+                             order.cl_ord_id, order.price, status)
             elif not order.cancelling:
                 why = "filled or cancelled" if order.seen else "never became visible (rejected or lost)"
                 log.info("%s order %s at %s is gone: %s", order.side, order.cl_ord_id, order.price, why)
@@ -531,37 +569,43 @@ class MarketMaker:
         return (self.position > 0 and side == BUY) or (self.position < 0 and side == SELL)
 
     def requote(self, market: Market) -> None:
-        stale = [s for s in SIDES if self.side_needs_requote(s, market.mark)
-                 and not self.side_blocked_by_position(s)]
-        if not stale:
+        quotable = [s for s in SIDES if not self.side_blocked_by_position(s)]
+        if not any(self.side_needs_requote(s, market.mark) for s in quotable):
             return
         if self.config.requote_mode == "cancel_first":
             self._requote_cancel_first(market)
         else:
-            for side in stale:
-                self._replace_side(side, market)
+            self._replace(self.sides_to_recentre(quotable, market), market)
 
-    def _replace_side(self, side: str, market: Market) -> None:
-        """Make before break: place the new quote, then cancel the old one."""
-        price = self._price_for(side, market)
-        old = self._active(side)
-        if old and all(o.price == price and not o.stale for o in old):
-            return  # the book pins us at the same price: a requote would change nothing
+    def sides_to_recentre(self, quotable: list[str], market: Market) -> list[str]:
+        """When one side must move, re-centre every side we can: a side left half-stale is the
+        next to drift out. A side with an order still in flight is left alone (at most one in
+        flight per side), and so is one already at the new price."""
+        sides = []
+        for side in quotable:
+            active = self._active(side)
+            if any(not o.seen for o in active):
+                continue
+            price = self._price_for(side, market)
+            if active and all(o.price == price and not o.stale for o in active):
+                continue
+            sides.append(side)
+        return sides
+
+    def _replace(self, sides: list[str], market: Market) -> None:
+        """Make before break: place the new quotes, then cancel the old ones in one request."""
+        old = [o for side in sides for o in self._active(side)]
         self.requotes += bool(old)
-        self.place_quote(side, price)
-        for order in old:
-            self._cancel(order)
+        self.place_quotes([(side, self._price_for(side, market)) for side in sides])
+        self._cancel_orders(old)
 
     def _requote_cancel_first(self, market: Market) -> None:
         """The original strategy: cancel everything, wait, place both sides afresh."""
-        for order in self.orders:
-            if not order.cancelling:
-                self._cancel(order)
+        self._cancel_orders([o for o in self.orders if not o.cancelling])
         self.requotes += 1
         self.clock.sleep(CANCEL_FIRST_PAUSE_S)
-        for side in SIDES:
-            if not self.side_blocked_by_position(side):
-                self.place_quote(side, self._price_for(side, market))
+        self.place_quotes([(side, self._price_for(side, market)) for side in SIDES
+                           if not self.side_blocked_by_position(side)])
 
     def _price_for(self, side: str, market: Market) -> Decimal:
         assert self.rules is not None
@@ -572,28 +616,56 @@ class MarketMaker:
         self.order_counter += 1
         return f"{CL_ORD_ID_PREFIX}{side[0]}{self.run_id}{self.order_counter}"
 
-    def place_quote(self, side: str, price: Decimal) -> None:
-        """Send one post-only quote. Tracked before sending, so an unknown outcome is looked for."""
-        order = OurOrder(self.new_cl_ord_id(side), side, price, self.clock.now())
-        self.orders.append(order)
-        self.orders_placed += 1
-        try:
-            api.new_limit_order(self.auth, self.config.symbol, side, self.config.qty, price,
-                                self.config.time_in_force, cl_ord_id=order.cl_ord_id)
-            log.debug("placed %s %s @ %s (%s)", side, self.config.qty, price, order.cl_ord_id)
-        except UnknownOutcomeError as exc:
-            log.warning("%s order %s outcome unknown (%s): not re-sending, looking for it",
-                        side, order.cl_ord_id, exc)
-        except StandXError as exc:
-            self.orders.remove(order)
-            log.warning("%s order at %s refused (%s): will re-place next loop", side, price, exc)
+    def place_quotes(self, quotes: list[tuple[str, Decimal]]) -> None:
+        """Send post-only quotes at the same time. Each is tracked before it is sent, so an
+        unknown outcome is looked for rather than sent again."""
+        orders = [OurOrder(self.new_cl_ord_id(side), side, price, self.clock.now())
+                  for side, price in quotes]
+        self.orders.extend(orders)
+        self.orders_placed += len(orders)
+        errors = self.clock.gather([partial(self._send_quote, order) for order in orders])
+        for order, error in zip(orders, errors):
+            if isinstance(error, UnknownOutcomeError):
+                log.warning("%s order %s outcome unknown (%s): not re-sending, looking for it",
+                            order.side, order.cl_ord_id, error)
+            elif error is not None:
+                self.orders.remove(order)
+                log.warning("%s order at %s refused (%s): will re-place next loop",
+                            order.side, order.price, error)
 
-    def _cancel(self, order: OurOrder) -> None:
-        order.cancel_sent_at = self.clock.now()
+    def _send_quote(self, order: OurOrder) -> StandXError | None:
+        """The new_order request alone (it may run on another thread): the error, if any."""
         try:
-            api.cancel_order(self.auth, cl_ord_id=order.cl_ord_id)
+            api.new_limit_order(self.auth, self.config.symbol, order.side, self.config.qty,
+                                order.price, self.config.time_in_force, cl_ord_id=order.cl_ord_id)
         except StandXError as exc:
-            log.warning("cancel of %s failed (%s): will retry", order.cl_ord_id, exc)
+            return exc
+        log.debug("placed %s %s @ %s (%s)", order.side, self.config.qty, order.price, order.cl_ord_id)
+        return None
+
+    def _look_up(self, order: OurOrder) -> str | None:
+        """The order's status by cl_ord_id; None while the exchange does not show it (404) or
+        the read failed."""
+        try:
+            answer = api.query_order(self.auth, cl_ord_id=order.cl_ord_id)
+        except StandXError as exc:
+            log.debug("order %s not visible yet (%s)", order.cl_ord_id, exc)
+            return None
+        status = answer.get("status") if isinstance(answer, dict) else None
+        return str(status).lower() if status else None
+
+    def _cancel_orders(self, orders: list[OurOrder]) -> None:
+        """Ask to cancel tracked orders, in one request; they stay tracked until seen gone."""
+        if not orders:
+            return
+        now = self.clock.now()
+        for order in orders:
+            order.cancel_sent_at = now
+        ids = [o.cl_ord_id for o in orders]
+        try:
+            api.cancel_orders(self.auth, cl_ord_ids=ids)
+        except StandXError as exc:
+            log.warning("cancel of %s failed (%s): will retry", ", ".join(ids), exc)
 
     def _cancel_ids(self, cl_ord_ids: list[str]) -> bool:
         """One batch cancel of the ids not already asked for within CANCEL_RETRY_S; True if sent."""
@@ -661,16 +733,10 @@ class MarketMaker:
         return any(not o.seen and now - o.sent_at < ORDER_VISIBLE_TIMEOUT_S for o in self.orders)
 
     def _look_up_unseen(self) -> None:
-        """Ask for each unseen order by cl_ord_id: any answer means the exchange has it (a live
-        one is cancelled by the next poll); 404 means not visible yet."""
+        """Any status for an unseen order means the exchange has it (a live one is cancelled by
+        the next poll); none means it may still appear."""
         for order in self.orders:
-            if order.seen:
-                continue
-            try:
-                api.query_order(self.auth, cl_ord_id=order.cl_ord_id)
-                order.seen = True
-            except StandXError as exc:
-                log.debug("order %s not visible yet (%s)", order.cl_ord_id, exc)
+            order.seen = order.seen or self._look_up(order) is not None
 
     def _flatten_before_exit(self, deadline: float) -> bool:
         """Close any position left (a fill can land while cancels are in flight) and confirm."""

@@ -10,9 +10,11 @@ import email.utils
 import json
 import logging
 import re
+import threading
 import time
 import uuid
-from typing import Any, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import base58
 import requests
@@ -42,14 +44,30 @@ _MAX_MESSAGE_CHARS = 200
 SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
+T = TypeVar("T")
+# Enough threads for the most requests the daemon overlaps (three reads per loop).
+GATHER_THREADS = 4
+
+
 class Clock(Protocol):
+    """Time as the daemon sees it: now, sleep, and running calls that overlap in time."""
+
     def now(self) -> float: ...
 
     def sleep(self, seconds: float) -> None: ...
 
+    def gather(self, calls: Sequence[Callable[[], T]]) -> list[T]: ...
+
 
 class RealClock:
-    """Wall-clock time. The backtest swaps in a virtual clock with the same two methods."""
+    """Wall-clock time; overlapping calls run on a small thread pool.
+
+    The backtest swaps in a virtual clock with the same methods, whose `gather` runs the calls
+    from one start time and ends at the latest of their finishes.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
 
     def now(self) -> float:
         return time.time()
@@ -57,6 +75,14 @@ class RealClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    def gather(self, calls: Sequence[Callable[[], T]]) -> list[T]:
+        """Run the calls at the same time; their results in order (an exception is re-raised)."""
+        if len(calls) <= 1:
+            return [call() for call in calls]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=GATHER_THREADS, thread_name_prefix="gather")
+        return [future.result() for future in [self._pool.submit(call) for call in calls]]
 
 
 class StandXError(Exception):
@@ -231,6 +257,8 @@ class StandXAuth:
         self.deadline: float | None = None
         self.backoff_until = 0.0
         self.requests_sent = 0
+        # Calls may overlap (Clock.gather): one lock guards the token and the counters.
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"StandXAuth(address={self.address!r}, logged_in={self._token is not None})"
@@ -239,6 +267,10 @@ class StandXAuth:
 
     def authenticate(self) -> None:
         """Log in with the wallet: new Ed25519 key, prepare-signin, checks, EIP-191, login."""
+        with self._lock:
+            self._log_in()
+
+    def _log_in(self) -> None:
         signing_key = SigningKey.generate()
         request_id = base58.b58encode(bytes(signing_key.verify_key)).decode("ascii")
         prepared = self._auth_post("/v1/offchain/prepare-signin",
@@ -289,10 +321,18 @@ class StandXAuth:
 
     def get_token(self) -> str:
         """A valid access token, logging in first when there is none or it is about to expire."""
-        if self._token is None or self.clock.now() >= self._token_renew_at:
-            self.authenticate()
-        assert self._token is not None
-        return self._token
+        with self._lock:
+            if self._token is None or self.clock.now() >= self._token_renew_at:
+                self._log_in()
+            assert self._token is not None
+            return self._token
+
+    def _token_refused(self, refused: str) -> None:
+        """After a 401, log in again, unless another call already replaced the refused token."""
+        with self._lock:
+            if self._token == refused:
+                log.warning("token refused (HTTP 401): logging in again")
+                self._token = None
 
     # ---- signing -----------------------------------------------------------------------
 
@@ -315,22 +355,24 @@ class StandXAuth:
         On 401 the client logs in again once and retries the call once.
         """
         method = method.upper()
+        public = endpoint in PUBLIC_PATHS
+        token = None if public else self.get_token()
         try:
-            return self._call_once(endpoint, method, data, params, headers_extra, raw_body)
+            return self._call_once(endpoint, method, data, params, headers_extra, raw_body, token)
         except AuthError as exc:
-            if exc.status != 401:
+            if exc.status != 401 or token is None:
                 raise
-            log.warning("token refused (HTTP 401): logging in again")
-            self._token = None
-            self.get_token()
-            return self._call_once(endpoint, method, data, params, headers_extra, raw_body)
+            self._token_refused(token)
+            return self._call_once(endpoint, method, data, params, headers_extra, raw_body,
+                                   self.get_token())
 
     def _call_once(self, endpoint: str, method: str, data: Any, params: dict[str, Any] | None,
-                   headers_extra: dict[str, str] | None, raw_body: str | None) -> Any:
+                   headers_extra: dict[str, str] | None, raw_body: str | None,
+                   token: str | None) -> Any:
         headers = dict(headers_extra or {})
         body: str | None = None
-        if endpoint not in PUBLIC_PATHS:
-            headers["Authorization"] = f"Bearer {self.get_token()}"
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         if method == "POST":
             # Serialize once and send exactly the signed string: any re-encoding breaks the signature.
             body = raw_body if raw_body is not None else json.dumps(data or {}, separators=(",", ":"))
@@ -382,7 +424,8 @@ class StandXAuth:
         for attempt in range(1, attempts + 1):
             timeout = self._timeout()
             try:
-                self.requests_sent += 1
+                with self._lock:
+                    self.requests_sent += 1
                 return self.session.request(method, url, params=params, headers=headers,
                                             data=data.encode("utf-8") if data is not None else None,
                                             timeout=timeout)

@@ -13,6 +13,8 @@ import base58
 import responses
 from nacl.signing import VerifyKey
 
+from standx_sim.clock import VirtualClock
+
 AUTH = "https://auth.test"
 PERPS = "https://perps.test"
 # A well-known test wallet (never funded anywhere that matters).
@@ -22,23 +24,23 @@ OTHER_ADDRESS = "0x000000000000000000000000000000000000dEaD"
 START_TIME = 1_700_000_000.0
 
 
-class FakeClock:
-    """now()/sleep() over a float; sleep only advances time and records the pause."""
+class FakeClock(VirtualClock):
+    """A virtual clock that also records every pause asked of it."""
 
     def __init__(self, start: float = START_TIME):
-        self.t = float(start)
+        super().__init__(start)
         self.sleeps: list[float] = []
 
-    def now(self) -> float:
-        return self.t
+    @property
+    def t(self) -> float:
+        return self.now()
 
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        if seconds > 0:
-            self.t += seconds
+        super().sleep(seconds)
 
     def advance(self, seconds: float) -> None:
-        self.t += seconds
+        super().sleep(seconds)
 
 
 def b64url(raw: bytes) -> str:

@@ -121,6 +121,7 @@ def test_cli_bad_setting_sends_no_request(monkeypatch, capsys):
     monkeypatch.setenv("WALLET_PRIVATE_KEY", KEY)
     monkeypatch.setenv("MARKET_MAKER_QTY", "-1")
     monkeypatch.chdir(REPO / "tests")  # no .env here
+    monkeypatch.setattr(mm, "setup_logging", lambda level: None)  # keep pytest's log capture
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         assert mm.main([]) == mm.EXIT_CONFIG
         assert len(mock.calls) == 0

@@ -106,7 +106,7 @@ def test_each_balance_mode_quotes_at_its_distance(balance, mode, target_bps):
     maker = start_daemon(sim)
     run_for(maker, 1)
     sim.exchange.set_balance(maker.auth.address.lower(), Decimal(balance))
-    run_for(maker, 10 * maker.config.check_interval_s + 2)
+    run_for(maker, 10 * maker.config.check_interval_s + 3)
     assert maker.mode == mode
     orders = resting(sim, maker)
     assert sorted(o.side for o in orders) == ["buy", "sell"]

@@ -141,6 +141,7 @@ def test_mode_change_requotes_both_sides_at_once(maker, exchange):
     for _ in range(mm.BALANCE_CHECK_EVERY_LOOPS - 1):
         step(maker)
     assert maker.mode == "degraded_2"
+    step(maker)  # the next decision requotes both sides
     new = placed(exchange)[2:]
     assert {(c["side"], c["price"]) for c in new} == {("buy", Decimal("99.2")), ("sell", Decimal("100.8"))}
     assert len(exchange.ours()) == 2
@@ -173,7 +174,64 @@ def test_in_band_quotes_are_left_alone(maker, exchange):
     for _ in range(5):
         step(maker)
     assert len(placed(exchange)) == 2
-    assert exchange.calls_of("cancel_order") == []
+    assert exchange.calls_of("cancel_orders") == []
+
+
+def test_one_side_leaving_the_band_recentres_both(maker, exchange):
+    maker.run_once()
+    step(maker)
+    exchange.prices["mark_price"] = "100.006"  # sell now 6.9 bps away (too close); buy 8.1, in band
+    step(maker)
+    assert sorted(c["side"] for c in placed(exchange)[2:]) == ["buy", "sell"]
+    assert {o["price"] for o in exchange.ours()} == {"99.930", "100.082"}
+
+
+def test_reads_overlap_in_one_round_trip_and_quotes_follow_them(maker, exchange, monkeypatch):
+    batches = []
+    gather = maker.clock.gather
+
+    def recording_gather(calls):
+        before = len(exchange.calls)
+        results = gather(calls)
+        batches.append(exchange.names()[before:])
+        return results
+
+    monkeypatch.setattr(maker.clock, "gather", recording_gather)
+    maker.run_once()  # the first loop audits our orders too
+    assert batches[0] == ["query_positions", "query_open_orders", "query_symbol_price"]
+    assert batches[1] == ["new_limit_order", "new_limit_order"]  # the two quotes go out together
+    step(maker)  # the quotes await confirmation: their read joins the same round trip
+    assert batches[2] == ["query_positions", "query_open_orders", "query_symbol_price"]
+    step(maker)  # nothing to confirm, no audit due
+    assert batches[3] == ["query_positions", "query_symbol_price"]
+    for _ in range(mm.BALANCE_CHECK_EVERY_LOOPS - 3):
+        step(maker)
+    last = batches[-1]  # the 10th loop: the balance read joins the round trip
+    assert last[0] == "query_positions" and last[-1] == "query_symbol_price" and "query_balance" in last
+
+
+def test_orders_are_read_only_to_confirm_or_audit(maker, exchange):
+    maker.run_once()  # quotes sent: the next loop confirms them
+    step(maker)
+    reads = len(exchange.calls_of("query_open_orders"))
+    step(maker)
+    step(maker)
+    assert len(exchange.calls_of("query_open_orders")) == reads  # nothing to confirm
+    step(maker, mm.AUDIT_EVERY_S)
+    assert len(exchange.calls_of("query_open_orders")) == reads + 1  # the audit
+
+
+def test_the_audit_finds_a_quote_that_disappeared(maker, exchange):
+    maker.run_once()
+    step(maker)
+    exchange.open = [o for o in exchange.open if o["side"] != "buy"]  # cancelled by the exchange
+    step(maker, mm.AUDIT_EVERY_S)
+    assert [c["side"] for c in placed(exchange)][2:] == ["buy"]
+
+
+def calls_after_last(exchange: FakeApi, name: str) -> list[str]:
+    names = exchange.names()
+    return names[len(names) - names[::-1].index(name):]
 
 
 def test_price_move_out_of_band_requotes_new_before_cancelling_old(maker, exchange):
@@ -181,20 +239,15 @@ def test_price_move_out_of_band_requotes_new_before_cancelling_old(maker, exchan
     old = {o["side"]: o["cl_ord_id"] for o in exchange.ours()}
     exchange.prices["mark_price"] = "100.05"  # buy now 12.5 bps away, sell 2.5 bps
     step(maker)
-    names = exchange.names()
-    last = names[len(names) - names[::-1].index("query_open_orders"):]
-    assert last == ["new_limit_order", "cancel_order", "new_limit_order", "cancel_order"]
-    assert {c["cl_ord_id"] for c in exchange.calls_of("cancel_order")} == set(old.values())
+    assert calls_after_last(exchange, "query_symbol_price") == \
+        ["new_limit_order", "new_limit_order", "cancel_orders"]
+    assert set(exchange.calls_of("cancel_orders")[-1]["cl_ord_ids"]) == set(old.values())
     # 100.05 -/+ 7.5 bps = 99.97496 / 100.12504, rounded away from the mark.
     assert {o["price"] for o in exchange.ours()} == {"99.974", "100.126"}
 
 
-def test_missing_side_is_replaced(maker, exchange):
-    maker.run_once()
-    step(maker)  # both quotes seen resting
-    exchange.open = [o for o in exchange.open if o["side"] != "sell"]  # cancelled by someone
-    step(maker)
-    assert [c["side"] for c in placed(exchange)] == ["buy", "sell", "sell"]
+def test_side_with_no_order_needs_a_quote(maker):
+    assert maker.side_needs_requote("buy", Decimal("100")) is True
 
 
 def test_side_with_order_in_flight_is_not_quoted_again(maker, exchange):
@@ -209,6 +262,23 @@ def test_order_never_seen_is_treated_as_lost_after_the_timeout(maker, exchange):
     exchange.open = [o for o in exchange.open if o["side"] == "buy"]
     step(maker, mm.ORDER_VISIBLE_TIMEOUT_S + 0.1)
     assert [c["side"] for c in placed(exchange)] == ["buy", "sell", "sell"]
+
+
+def test_order_rejected_during_matching_is_known_by_lookup_before_the_timeout(maker, exchange):
+    maker.run_once()
+    sell = [o for o in exchange.open if o["side"] == "sell"][0]
+    exchange.open.remove(sell)
+    exchange.final[sell["cl_ord_id"]] = "rejected"  # an alo that would have crossed
+    step(maker, mm.LOOKUP_AFTER_S)
+    assert exchange.calls_of("query_order") == [{"cl_ord_id": sell["cl_ord_id"]}]
+    assert [c["side"] for c in placed(exchange)] == ["buy", "sell", "sell"]
+
+
+def test_order_not_visible_yet_is_not_looked_up_before_a_second(maker, exchange):
+    maker.run_once()
+    exchange.open.clear()
+    step(maker, 0.5)
+    assert exchange.calls_of("query_order") == []
 
 
 def test_lost_order_that_shows_up_later_is_cancelled(maker, exchange):
@@ -227,9 +297,8 @@ def test_cancel_first_mode_cancels_waits_one_second_then_places_both(exchange):
     maker.run_once()
     exchange.prices["mark_price"] = "100.05"
     step(maker)
-    names = exchange.names()
-    tail = names[len(names) - names[::-1].index("query_open_orders"):]
-    assert tail == ["cancel_order", "cancel_order", "new_limit_order", "new_limit_order"]
+    assert calls_after_last(exchange, "query_symbol_price") == \
+        ["cancel_orders", "new_limit_order", "new_limit_order"]
     assert maker.clock.sleeps[-1] == mm.CANCEL_FIRST_PAUSE_S
 
 
@@ -300,7 +369,7 @@ def test_failed_order_refresh_keeps_last_known_orders(maker, exchange):
     before = [(o.cl_ord_id, o.seen) for o in maker.orders]
     exchange.fail("query_open_orders")
     exchange.prices["mark_price"] = "101"
-    step(maker)
+    step(maker, mm.AUDIT_EVERY_S)
     assert [(o.cl_ord_id, o.seen) for o in maker.orders] == before
     assert len(placed(exchange)) == 2
 

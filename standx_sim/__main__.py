@@ -1,4 +1,5 @@
-"""Command line: ``python -m standx_sim serve ...`` runs the simulator over HTTP on 127.0.0.1."""
+"""Command line: ``python -m standx_sim serve ...`` runs the simulator over HTTP on 127.0.0.1;
+``python -m standx_sim backtest ...`` runs the daemon on recorded hours in virtual time."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,18 @@ def _non_negative(kind):
     return parse
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m standx_sim", description="A local StandX Perps simulator.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -58,7 +71,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--meter-qty", type=_non_negative(Decimal), default=Decimal("0"),
                        help="minimum order qty that counts for uptime metering")
     serve.set_defaults(run=serve_command)
+
+    backtest = commands.add_parser(
+        "backtest", help="run the market maker on recorded hours in virtual time and report its figures",
+        description="Each PREFIX (one recorded hour) is replayed on its own with the real MarketMaker; "
+                    "strategy settings come from the environment and --env-file as for a live run. "
+                    "wall_s and speedup are the only timing-dependent figures.")
+    backtest.add_argument("--market-data", nargs="+", metavar="PREFIX", required=True,
+                          help="recorded hours: PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz each")
+    backtest.add_argument("--latency-ms", type=_non_negative(float), default=150.0,
+                          help="round-trip latency of every request, on the virtual clock (default 150)")
+    backtest.add_argument("--requote", choices=("replace", "cancel_first"), default=None,
+                          help="override MARKET_MAKER_REQUOTE")
+    backtest.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON here")
+    backtest.add_argument("--env-file", metavar="PATH", default=None,
+                          help="settings file; fills in what the environment does not set")
+    backtest.add_argument("--max-seconds", type=_positive(float), default=None,
+                          help="simulate at most this many seconds of each hour")
+    backtest.add_argument("--verbose", action="store_true", help="show the daemon's INFO log on stderr")
+    backtest.set_defaults(run=backtest_command)
     return parser
+
+
+def backtest_command(args: argparse.Namespace) -> int:
+    from .backtest import run_command  # imports the daemon; serve does not need it
+    return run_command(args)
 
 
 def _market(args: argparse.Namespace, clock: RealClock) -> Market:

@@ -37,7 +37,11 @@ Fill model:
 
 Metering (per account, integrated exactly between events): the time with a live buy and a live
 sell each of remaining qty >= meter_qty and within 10 bps of the mark (inclusive), from the
-account's first appearance (its login) to now; see metrics().
+account's first appearance (its login) to now; see metrics(). Maker-hour snapshots
+(schedule_snapshots): at each scheduled moment, taken in time order with the other events (after
+everything at the same instant), every account records min(eligible buy size, eligible sell
+size), where a side's eligible size is the total remaining qty of its live orders within 10 bps
+of the mark; see snapshot_values().
 """
 from __future__ import annotations
 
@@ -155,6 +159,8 @@ class Meter:
     fees: Decimal = Decimal(0)
     requests: Counter = field(default_factory=Counter)
     max_live: dict[str, int] = field(default_factory=lambda: {"buy": 0, "sell": 0})
+    snapshots_before_open: int = 0  # maker-hour snapshots taken before this account existed
+    snapshots: list[Decimal] = field(default_factory=list)  # one value per snapshot since then
 
     def set_flags(self, t: float, buy: bool, sell: bool) -> None:
         for key, on in (("buy", buy), ("sell", sell), ("both", buy and sell)):
@@ -212,6 +218,8 @@ class Exchange:
         self._accounts: dict[str, Account] = {}
         self._pending: list[tuple[float, int, str, Order]] = []  # (time, seq, kind, order) heap
         self._seq = itertools.count()
+        self._snapshot_times: list[float] = []  # sorted; those before _snapshots_taken are done
+        self._snapshots_taken = 0
         self._order_ids = itertools.count(1)
         self._position_ids = itertools.count(1)
 
@@ -230,11 +238,14 @@ class Exchange:
         trades = self._market.trades_between(self._t + off, end + off)
         books = self._market.book_changes_between(self._t + off, end + off)
         i = j = 0
+        snaps = self._snapshot_times
         while True:
             t_trade = trades[i].ts - off if i < len(trades) else math.inf
             t_book = books[j].ts - off if j < len(books) else math.inf
             t_engine = self._pending[0][0] if self._pending and self._pending[0][0] <= end else math.inf
-            t = min(t_trade, t_book, t_engine)
+            k = self._snapshots_taken
+            t_snap = snaps[k] if k < len(snaps) and snaps[k] <= end else math.inf
+            t = min(t_trade, t_book, t_engine, t_snap)
             if t == math.inf:
                 break
             self._t = min(max(t, self._t), end)  # data-time round trips can be off by a float ulp
@@ -244,9 +255,11 @@ class Exchange:
             elif t_book == t:
                 self._on_book(books[j])
                 j += 1
-            else:
+            elif t_engine == t:
                 _, _, kind, order = heapq.heappop(self._pending)
                 self._on_engine_event(kind, order)
+            else:
+                self._take_snapshot()
         self._t = end
 
     def _stamp(self) -> float:
@@ -339,7 +352,8 @@ class Exchange:
         key = address.lower()
         acct = self._accounts.get(key)
         if acct is None:
-            acct = Account(key, self._default_balance, self.spec.def_leverage, Meter(since=self._t))
+            acct = Account(key, self._default_balance, self.spec.def_leverage,
+                           Meter(since=self._t, snapshots_before_open=self._snapshots_taken))
             self._accounts[key] = acct
             log.info("account %s opened with balance %s", key, acct.balance)
         return acct
@@ -595,6 +609,34 @@ class Exchange:
                 if o.remaining >= self._meter_qty and self._in_band(o.price):
                     ok[o.side] = True
             acct.meter.set_flags(self._t, ok["buy"], ok["sell"])
+
+    def schedule_snapshots(self, times: list[float]) -> None:
+        """Take a maker-hour snapshot at each of these clock times (see the module docstring).
+
+        Times already passed are refused: a snapshot must see the state at its moment.
+        """
+        self.advance()
+        times = sorted(float(t) for t in times)
+        if times and times[0] < self._t:
+            raise ValueError(f"snapshot time {times[0]} is before the engine's time {self._t}")
+        pending = self._snapshot_times[self._snapshots_taken:]
+        self._snapshot_times = self._snapshot_times[:self._snapshots_taken] + sorted(pending + times)
+
+    def _take_snapshot(self) -> None:
+        self._snapshots_taken += 1
+        for acct in self._accounts.values():
+            eligible = {side: Decimal(0) for side in SIDES}
+            for o in acct.live.values():
+                if self._in_band(o.price):
+                    eligible[o.side] += o.remaining
+            acct.meter.snapshots.append(min(eligible["buy"], eligible["sell"]))
+
+    def snapshot_values(self, address: str) -> list[Decimal]:
+        """One value per snapshot taken so far: min(eligible buy, eligible sell) of this account
+        (0 for snapshots taken before the account existed). Uncapped: capping each side at C is
+        the same as capping this minimum at C."""
+        acct = self._known(address)
+        return [Decimal(0)] * acct.meter.snapshots_before_open + list(acct.meter.snapshots)
 
     def metrics(self, address: str) -> dict:
         """Counters and uptime of one account since its first appearance.

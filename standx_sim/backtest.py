@@ -1,0 +1,315 @@
+"""Backtest: the real MarketMaker against recorded StandX hours, in virtual time.
+
+Each recorded hour (a data PREFIX) runs on its own: a fresh VirtualClock at the data's first
+book, a fresh Simulator replaying that hour, the daemon's StandXAuth on a requests Session whose
+``http://standx.sim`` prefix is served in-process (signing, JSON and error handling run for
+real; every request pays the modelled latency on the virtual clock), and
+``MarketMaker.run(duration_s)`` until the end of the UTC hour (or ``max_seconds``), followed by
+the daemon's own clean stop. The figures come from the simulator (exchange truth), except
+``requotes``, which only the daemon knows.
+
+Report keys (per hour and in total):
+    uptime_pct           time with a live buy and a live sell, each >= qty and within 10 bps of
+                         the mark, as % of the time from the daemon's login to the end of its stop
+                         (total: time-weighted)
+    maker_hours          Uptime Program score of the hour (standx_api.md 7.1), from
+                         SNAPSHOTS_PER_HOUR random snapshot moments over the simulated span
+    boosted_hours        1 when >= 70 % of the snapshots were two-sided (value > 0), else 0
+    fills, fills_per_hour  fills of our quotes (maker fills); taker_fills = our closing orders
+    orders_placed        orders the exchange accepted (quotes and closes)
+    requotes             the daemon's requote counter
+    requests, requests_per_s  every request the simulator answered (public, login, private)
+    pnl                  realized + unrealized PnL at the end, before fees (USD)
+    fees                 fees paid (USD)
+    max_orders_per_side  most orders of ours resting on one side at once
+    sim_seconds          virtual seconds simulated (login to the end of the stop)
+    wall_s, speedup      wall-clock seconds, and sim_seconds per wall second
+    exit_code            the daemon's exit code (0 = clean stop); total: the worst
+
+Same inputs, same report: only ``wall_s`` and ``speedup`` depend on timing; every other field
+is byte-identical across runs (the daemon's Ed25519 key and request ids are random, but they
+only travel inside signatures, never into time or figures).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import requests
+from dotenv import dotenv_values
+
+from market_maker import Config, ConfigError, MarketMaker, load_config
+from standx_auth import StandXAuth
+
+from .clock import VirtualClock
+from .exchange import SymbolSpec
+from .market import RecordedMarket
+from .simulator import Simulator
+
+SIM_URL = "http://standx.sim"
+RUN_ID = "bt0001"
+HOUR_S = 3600
+SNAPSHOTS_PER_HOUR = 120
+SNAPSHOT_SIDE_CAP = Decimal(2)  # BTC-USD: each side counts up to 2 BTC
+SIZE_DIVISOR = Decimal(2)  # Maker Hours are measured in units of 2 BTC
+BOOSTED_SHARE, STANDARD_SHARE = 70, 50  # % of snapshots
+TIMING_FIELDS = ("wall_s", "speedup")
+TIMING_NOTE = "wall_s and speedup are the only timing-dependent fields; all others are identical for the same inputs"
+DECIMALS = 6
+
+# Strategy settings come from the live variables; these are always replaced.
+FORCED_URLS = {"STANDX_AUTH_BASE_URL": SIM_URL, "STANDX_PERPS_BASE_URL": SIM_URL}
+
+FIGURES = ("uptime_pct", "maker_hours", "boosted_hours", "fills", "fills_per_hour", "taker_fills",
+           "orders_placed", "requotes", "requests", "requests_per_s", "pnl", "fees",
+           "max_orders_per_side", "sim_seconds", "wall_s", "speedup", "exit_code")
+
+
+class DataError(Exception):
+    """A market data prefix that cannot be replayed (missing or malformed files)."""
+
+
+# ---- scoring (pure) -------------------------------------------------------------------------
+
+def value_met_in_share(values: Sequence[Decimal], share_pct: int) -> Decimal:
+    """The largest value met or exceeded in at least share_pct % of the snapshots."""
+    if not values:
+        return Decimal(0)
+    needed = -(-len(values) * share_pct // 100)  # ceil, in integers
+    return sorted(values, reverse=True)[needed - 1]
+
+
+def maker_hours(values: Sequence[Decimal], cap: Decimal = SNAPSHOT_SIDE_CAP) -> Decimal:
+    """Maker Hours of one hour from its snapshot values, min(bid size, ask size) each.
+
+    X70 / X50 = the value met in 70 % / 50 % of snapshots (each capped at `cap`);
+    Maker Hours = max(X70 / 2 * 1.0, X50 / 2 * 0.5).
+    """
+    capped = [min(Decimal(v), cap) for v in values]
+    x70 = value_met_in_share(capped, BOOSTED_SHARE)
+    x50 = value_met_in_share(capped, STANDARD_SHARE)
+    return max(x70 / SIZE_DIVISOR, x50 / SIZE_DIVISOR * Decimal("0.5"))
+
+
+def is_boosted(values: Sequence[Decimal]) -> bool:
+    """At least 70 % of the snapshots found both sides quoted (value > 0)."""
+    return bool(values) and sum(v > 0 for v in values) * 100 >= BOOSTED_SHARE * len(values)
+
+
+def snapshot_times(start_ts: float, span_s: float, count: int = SNAPSHOTS_PER_HOUR) -> list[float]:
+    """count moments drawn uniformly over [start_ts, start_ts + span_s), seeded by the start second."""
+    rng = random.Random(int(start_ts))
+    return sorted(start_ts + rng.random() * span_s for _ in range(count))
+
+
+# ---- configuration --------------------------------------------------------------------------
+
+def throwaway_private_key() -> str:
+    """A fixed wallet key for simulated accounts, derived at runtime (it never holds funds)."""
+    return hashlib.sha256(b"standx_sim backtest throwaway wallet").hexdigest()
+
+
+def backtest_environment(environ: Mapping[str, str], env_file: str | None, requote: str | None) -> dict[str, str]:
+    """The live variables for a backtest: the env file fills in, the environment wins, then the
+    wallet key and base URLs are forced to the simulator's and --requote overrides."""
+    env: dict[str, str] = {}
+    if env_file is not None:
+        if not os.path.isfile(env_file):
+            raise ConfigError("--env-file", f"no such file: {env_file}")
+        env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    env.update(environ)
+    env.update(FORCED_URLS)
+    env["WALLET_PRIVATE_KEY"] = throwaway_private_key()
+    if requote is not None:
+        env["MARKET_MAKER_REQUOTE"] = requote
+    return env
+
+
+def backtest_config(environ: Mapping[str, str], env_file: str | None = None, requote: str | None = None) -> Config:
+    config = load_config(backtest_environment(environ, env_file, requote))
+    if config.symbol != SymbolSpec.symbol:
+        raise ConfigError("MARKET_MAKER_SYMBOL", f"the recorded data is {SymbolSpec.symbol} only (got {config.symbol})")
+    return config
+
+
+def check_prefix(prefix: str) -> None:
+    for suffix in (".bbo.csv.gz", ".trades.csv.gz"):
+        if not os.path.isfile(prefix + suffix):
+            raise DataError(f"market data file not found: {prefix}{suffix}")
+
+
+# ---- one hour -------------------------------------------------------------------------------
+
+def hour_end(start_ts: float) -> float:
+    """The end of the UTC hour the data starts in (each PREFIX holds one recorded hour)."""
+    return (math.floor(start_ts / HOUR_S) + 1) * HOUR_S
+
+
+def run_hour(prefix: str, config: Config, latency_ms: float = 150.0, max_seconds: float | None = None) -> dict:
+    """Replay one recorded hour with the daemon; the hour's figures (see the module docstring)."""
+    wall_started = time.perf_counter()
+    check_prefix(prefix)
+    try:
+        market = RecordedMarket([prefix])
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot load market data {prefix}: {exc}") from None
+    start_ts = market.start_ts
+    duration_s = hour_end(start_ts) - start_ts
+    if max_seconds is not None:
+        duration_s = min(duration_s, max_seconds)
+    clock = VirtualClock(start_ts)
+    sim = Simulator(clock, market=market, meter_qty=config.qty)
+    sim.exchange.schedule_snapshots(snapshot_times(start_ts, duration_s))
+
+    session = requests.Session()
+    session.trust_env = False  # no proxy or netrc look-ups per request: half the wall time
+    session.mount(SIM_URL, sim.adapter(latency_s=latency_ms / 1000))
+    auth = StandXAuth(config.private_key, auth_base_url=config.auth_base_url,
+                      perps_base_url=config.perps_base_url, clock=clock, session=session)
+    maker = MarketMaker(config, auth, clock=clock, run_id=RUN_ID)
+    exit_code = maker.run(duration_s=duration_s)
+
+    metrics = sim.exchange.metrics(auth.address)
+    snapshots = sim.exchange.snapshot_values(auth.address)
+    sim_seconds = clock.now() - start_ts
+    requests_total = sum(sim.api.request_counts.values())
+    wall_s = time.perf_counter() - wall_started
+    return {
+        "hour": Path(prefix).name,
+        "start_ts": start_ts,
+        "exit_code": exit_code,
+        "two_sided_s": metrics["two_sided_s"],
+        "metered_s": metrics["elapsed_s"],
+        "uptime_pct": percent(metrics["two_sided_s"], metrics["elapsed_s"]),
+        "snapshots": len(snapshots),
+        "two_sided_snapshots": sum(v > 0 for v in snapshots),
+        "maker_hours": maker_hours(snapshots),
+        "boosted_hours": int(is_boosted(snapshots)),
+        "fills": metrics["maker_fills"],
+        "taker_fills": metrics["taker_fills"],
+        "fills_per_hour": per_hour(metrics["maker_fills"], sim_seconds),
+        "orders_placed": metrics["orders_placed"],
+        "requotes": maker.requotes,
+        "requests": requests_total,
+        "requests_per_s": requests_total / sim_seconds if sim_seconds > 0 else 0.0,
+        "pnl": metrics["realized_pnl"] + metrics["upnl"],
+        "fees": metrics["fees"],
+        "max_orders_per_side": max(metrics["max_live_orders"].values()),
+        "sim_seconds": sim_seconds,
+        "wall_s": wall_s,
+        "speedup": sim_seconds / wall_s,
+    }
+
+
+def percent(part: float, whole: float) -> float:
+    return 100.0 * part / whole if whole > 0 else 0.0
+
+
+def per_hour(count: float, seconds: float) -> float:
+    return count * HOUR_S / seconds if seconds > 0 else 0.0
+
+
+# ---- aggregation and output -----------------------------------------------------------------
+
+def totals(hours: list[dict]) -> dict:
+    """Sums for counts, time-weighted uptime, rates over the summed time, max for maxima."""
+    def total(key: str):
+        return sum((h[key] for h in hours), type(hours[0][key])(0)) if hours else 0
+
+    sim_seconds, wall_s = total("sim_seconds"), total("wall_s")
+    result = {key: total(key) for key in ("two_sided_s", "metered_s", "snapshots", "two_sided_snapshots",
+                                           "maker_hours", "boosted_hours", "fills", "taker_fills",
+                                           "orders_placed", "requotes", "requests", "pnl", "fees")}
+    result.update({
+        "hours": len(hours),
+        "exit_code": max((h["exit_code"] for h in hours), default=0),
+        "uptime_pct": percent(result["two_sided_s"], result["metered_s"]),
+        "fills_per_hour": per_hour(result["fills"], sim_seconds),
+        "requests_per_s": result["requests"] / sim_seconds if sim_seconds > 0 else 0.0,
+        "max_orders_per_side": max((h["max_orders_per_side"] for h in hours), default=0),
+        "sim_seconds": sim_seconds,
+        "wall_s": wall_s,
+        "speedup": sim_seconds / wall_s if wall_s > 0 else 0.0,
+    })
+    return result
+
+
+def plain(value):
+    """JSON-ready with fixed precision: Decimals and floats rounded to DECIMALS places."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, (Decimal, float)):
+        return float(round(Decimal(value), DECIMALS)) + 0.0  # + 0.0: no "-0.0"
+    return value
+
+
+def report(hours: list[dict], settings: dict) -> dict:
+    return plain({"note": TIMING_NOTE, "settings": settings, "hours": hours, "total": totals(hours)})
+
+
+def report_json(data: dict) -> str:
+    return json.dumps(data, sort_keys=True, indent=2) + "\n"
+
+
+def format_figure(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.2f}"
+    return str(value)
+
+
+def table(rows: list[tuple[str, list]], header: list[str]) -> str:
+    """A markdown table, first column left-aligned, the others right-aligned."""
+    cells = [header] + [[name] + [format_figure(v) for v in values] for name, values in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                       for i, (c, w) in enumerate(zip(row, widths))) + " |")
+        if n == 0:
+            lines.append("|" + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":"
+                                        for i, w in enumerate(widths)) + "|")
+    return "\n".join(lines)
+
+
+def report_table(data: dict) -> str:
+    columns = data["hours"] + ([data["total"]] if len(data["hours"]) > 1 else [])
+    header = ["figure"] + [h["hour"] for h in data["hours"]] + (["total"] if len(data["hours"]) > 1 else [])
+    return table([(key, [c[key] for c in columns]) for key in FIGURES], header)
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+def run_command(args) -> int:
+    """`python -m standx_sim backtest`: exit 0, 1 (a daemon stop was not clean) or 2 (bad input)."""
+    logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        config = backtest_config(os.environ, args.env_file, args.requote)
+        for prefix in args.market_data:
+            check_prefix(prefix)
+        hours = [run_hour(prefix, config, args.latency_ms, args.max_seconds) for prefix in args.market_data]
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except DataError as exc:
+        print(f"standx_sim: {exc}", file=sys.stderr)
+        return 2
+    settings = {"latency_ms": args.latency_ms, "requote": config.requote_mode, "qty": config.qty,
+                "band_bps": [config.band.target_bps, config.band.min_bps, config.band.max_bps],
+                "check_interval_s": config.check_interval_s, "time_in_force": config.time_in_force,
+                "max_seconds": args.max_seconds, "snapshots_per_hour": SNAPSHOTS_PER_HOUR}
+    data = report(hours, settings)
+    print(report_table(data))
+    if args.json:
+        Path(args.json).write_text(report_json(data))
+    return 1 if data["total"]["exit_code"] else 0

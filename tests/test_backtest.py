@@ -1,0 +1,210 @@
+"""The backtest: maker-hour scoring, the engine's snapshots, the CLI report, and the benchmark script."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from standx_sim.backtest import (backtest_environment, is_boosted, maker_hours, snapshot_times,
+                                 throwaway_private_key)
+from tests.sim_helpers import START_TS, flat_sim, in_process_client
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO.parent / "shared" / "market_data"
+CALM_HOUR = DATA_DIR / "BTC-USD_2026-01-06_00"
+needs_data = pytest.mark.skipif(not (DATA_DIR / "BTC-USD_2026-01-06_00.bbo.csv.gz").is_file(),
+                                reason="recorded market data (../shared/market_data) is absent")
+REPORT_KEYS = {"uptime_pct", "maker_hours", "boosted_hours", "fills", "fills_per_hour", "orders_placed",
+               "requotes", "requests", "requests_per_s", "pnl", "fees", "max_orders_per_side",
+               "sim_seconds", "wall_s", "speedup"}
+DELAY_S = 0.25
+QTY = Decimal("0.0010")
+
+
+def snapshot_values(share_two_sided: float, value: str = "0.005", n: int = 120) -> list[Decimal]:
+    two_sided = round(n * share_two_sided)
+    return [Decimal(value)] * two_sided + [Decimal(0)] * (n - two_sided)
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+
+def test_all_snapshots_two_sided_at_0_005_score_0_0025_maker_hours():
+    assert maker_hours(snapshot_values(1.0)) == Decimal("0.0025")
+
+
+def test_exactly_70_percent_two_sided_still_earns_the_full_tier():
+    assert maker_hours(snapshot_values(0.7)) == Decimal("0.0025")
+
+
+def test_60_percent_two_sided_earns_the_half_tier_through_x50():
+    assert maker_hours(snapshot_values(0.6)) == Decimal("0.00125")
+
+
+def test_below_50_percent_two_sided_earns_nothing():
+    assert maker_hours(snapshot_values(0.49)) == 0
+
+
+def test_snapshot_values_are_capped_at_2_per_side():
+    assert maker_hours(snapshot_values(1.0, value="3")) == Decimal(1)
+
+
+def test_x70_is_the_value_met_in_70_percent_not_the_mean():
+    values = [Decimal("0.01")] * 30 + [Decimal("0.005")] * 50 + [Decimal(0)] * 20  # 80 % at >= 0.005
+    assert maker_hours(values) == Decimal("0.0025")
+
+
+def test_boosted_needs_70_percent_of_snapshots_two_sided():
+    assert is_boosted(snapshot_values(0.7))
+    assert not is_boosted(snapshot_values(0.69))
+    assert not is_boosted([])
+
+
+def test_snapshot_moments_are_seeded_by_the_start_and_spread_over_the_span():
+    times = snapshot_times(1000.0, 60.0)
+    assert times == snapshot_times(1000.0, 60.0) and times == sorted(times)
+    assert len(times) == 120 and 1000.0 <= times[0] and times[-1] < 1060.0
+    assert times != snapshot_times(2000.0, 60.0)
+
+
+# ---- the engine's snapshots -------------------------------------------------------------------
+
+def quoting(buy: str | None = "94990.0", sell: str | None = "95010.0"):
+    """A flat market (mark 95000.0, band 94905..95095); our quotes go live at START_TS + DELAY_S."""
+    sim = flat_sim(visibility_delay_s=DELAY_S)
+    client = in_process_client(sim)
+    for side, price in (("buy", buy), ("sell", sell)):
+        if price is not None:
+            assert client.new_order(side=side, price=price, qty=str(QTY), cl_ord_id=f"q-{side}").status_code == 200
+    return sim, client
+
+
+def test_every_snapshot_of_resting_two_sided_quotes_records_the_qty():
+    sim, client = quoting()
+    sim.exchange.schedule_snapshots([START_TS + 1 + k for k in range(10)])
+    sim.clock.sleep(20)
+    assert sim.exchange.snapshot_values(client.address) == [QTY] * 10
+
+
+def test_a_one_sided_quote_records_zero():
+    sim, client = quoting(sell=None)
+    sim.exchange.schedule_snapshots([START_TS + 1 + k for k in range(10)])
+    sim.clock.sleep(20)
+    assert sim.exchange.snapshot_values(client.address) == [Decimal(0)] * 10
+
+
+def test_a_quote_outside_10_bps_is_not_eligible():
+    sim, client = quoting(buy="94904.9")
+    sim.exchange.schedule_snapshots([START_TS + 5])
+    sim.clock.sleep(10)
+    assert sim.exchange.snapshot_values(client.address) == [Decimal(0)]
+
+
+def test_snapshots_are_taken_at_their_moment_between_engine_events():
+    sim, client = quoting()
+    sim.exchange.schedule_snapshots([START_TS + DELAY_S - 0.001, START_TS + DELAY_S + 0.001, START_TS + 5.001])
+    sim.clock.sleep(5)
+    client.post_signed("/api/cancel_order", {"cl_ord_id": "q-sell"})  # effective at +5.25 s
+    sim.clock.sleep(5)  # one jump over all of it
+    assert sim.exchange.snapshot_values(client.address) == [Decimal(0), QTY, QTY]
+
+
+def test_snapshots_before_an_account_existed_count_as_zero():
+    sim = flat_sim(visibility_delay_s=DELAY_S)
+    sim.exchange.schedule_snapshots([START_TS + 1, START_TS + 30])
+    sim.clock.sleep(10)
+    client = in_process_client(sim)
+    for side, price in (("buy", "94990.0"), ("sell", "95010.0")):
+        client.new_order(side=side, price=price, qty=str(QTY))
+    sim.clock.sleep(30)
+    assert sim.exchange.snapshot_values(client.address) == [Decimal(0), QTY]
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+def test_the_environment_wins_over_the_env_file_and_the_simulator_is_forced(tmp_path):
+    env_file = tmp_path / "bt.env"
+    env_file.write_text("MARKET_MAKER_QTY=0.002\nMARKET_MAKER_TARGET_BPS=8\n"
+                        "STANDX_PERPS_BASE_URL=https://perps.standx.com\nWALLET_PRIVATE_KEY=abc\n")
+    env = backtest_environment({"MARKET_MAKER_QTY": "0.003", "MARKET_MAKER_REQUOTE": "replace"},
+                               str(env_file), "cancel_first")
+    assert env["MARKET_MAKER_QTY"] == "0.003" and env["MARKET_MAKER_TARGET_BPS"] == "8"
+    assert env["STANDX_PERPS_BASE_URL"] == env["STANDX_AUTH_BASE_URL"] == "http://standx.sim"
+    assert env["WALLET_PRIVATE_KEY"] == throwaway_private_key()
+    assert env["MARKET_MAKER_REQUOTE"] == "cancel_first"
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without strategy settings, plus extra."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MARKET_MAKER_", "STANDX_", "WALLET_", "LOG_LEVEL"))}
+    return {**env, **extra}
+
+
+def backtest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "standx_sim", "backtest", *args], cwd=REPO,
+                          env=env or clean_env(), capture_output=True, text=True, timeout=120)
+
+
+def without_timing(report: dict) -> dict:
+    for figures in report["hours"] + [report["total"]]:
+        figures.pop("wall_s")
+        figures.pop("speedup")
+    return report
+
+
+@needs_data
+def test_a_short_backtest_reports_every_figure_and_repeats_exactly(tmp_path):
+    reports = []
+    for run in (1, 2):
+        out = tmp_path / f"out{run}.json"
+        result = backtest("--market-data", str(CALM_HOUR), "--max-seconds", "120", "--json", str(out))
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads(out.read_text()))
+    report = reports[0]
+    assert "wall_s and speedup" in report["note"]
+    [hour] = report["hours"]
+    for figures in (hour, report["total"]):
+        assert REPORT_KEYS <= figures.keys()
+        assert 0 < figures["uptime_pct"] <= 100
+        assert figures["requests"] > 0 and figures["max_orders_per_side"] >= 1
+        assert figures["sim_seconds"] >= 120 and figures["exit_code"] == 0
+    assert hour["hour"] == "BTC-USD_2026-01-06_00" and hour["snapshots"] == 120
+    assert "uptime_pct" in result.stdout
+    assert without_timing(reports[0]) == without_timing(reports[1])
+
+
+def test_a_bad_setting_exits_2_naming_the_variable():
+    result = backtest("--market-data", str(CALM_HOUR), env=clean_env(MARKET_MAKER_QTY="lots"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "MARKET_MAKER_QTY" in result.stderr
+
+
+def test_a_missing_data_prefix_exits_2_with_one_line(tmp_path):
+    result = backtest("--market-data", str(tmp_path / "BTC-USD_nowhere"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "BTC-USD_nowhere" in result.stderr
+
+
+# ---- the benchmark ----------------------------------------------------------------------------
+
+def test_the_benchmark_imports_without_running(capsys):
+    spec = importlib.util.spec_from_file_location("bench_uptime", REPO / "bench" / "uptime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.main)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_benchmark_without_market_data_says_so_and_exits_0(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "uptime.py"), "--data-dir", str(tmp_path / "none")],
+                            cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "No recorded market data" in result.stdout

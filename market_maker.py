@@ -593,11 +593,12 @@ class MarketMaker:
         return sides
 
     def _replace(self, sides: list[str], market: Market) -> None:
-        """Make before break: place the new quotes, then cancel the old ones in one request."""
+        """New quotes and the cancel of the old ones go out in the same round trip, the new
+        first. Both take effect after the exchange's delay, so the side stays covered, and a
+        quote that drifted too close to the mark (fill risk) is not left up a round trip longer."""
         old = [o for side in sides for o in self._active(side)]
         self.requotes += bool(old)
-        self.place_quotes([(side, self._price_for(side, market)) for side in sides])
-        self._cancel_orders(old)
+        self.place_quotes([(side, self._price_for(side, market)) for side in sides], replacing=old)
 
     def _requote_cancel_first(self, market: Market) -> None:
         """The original strategy: cancel everything, wait, place both sides afresh."""
@@ -616,14 +617,18 @@ class MarketMaker:
         self.order_counter += 1
         return f"{CL_ORD_ID_PREFIX}{side[0]}{self.run_id}{self.order_counter}"
 
-    def place_quotes(self, quotes: list[tuple[str, Decimal]]) -> None:
-        """Send post-only quotes at the same time. Each is tracked before it is sent, so an
-        unknown outcome is looked for rather than sent again."""
+    def place_quotes(self, quotes: list[tuple[str, Decimal]], replacing: list[OurOrder] = ()) -> None:
+        """Send post-only quotes, and the cancel of the orders they replace, at the same time.
+        Each quote is tracked before it is sent, so an unknown outcome is looked for rather
+        than sent again."""
         orders = [OurOrder(self.new_cl_ord_id(side), side, price, self.clock.now())
                   for side, price in quotes]
         self.orders.extend(orders)
         self.orders_placed += len(orders)
-        errors = self.clock.gather([partial(self._send_quote, order) for order in orders])
+        calls: list[Callable[[], Any]] = [partial(self._send_quote, order) for order in orders]
+        if replacing:
+            calls.append(partial(self._send_cancel, self._mark_cancelled(replacing)))
+        errors = self.clock.gather(calls)[:len(orders)]
         for order, error in zip(orders, errors):
             if isinstance(error, UnknownOutcomeError):
                 log.warning("%s order %s outcome unknown (%s): not re-sending, looking for it",
@@ -656,16 +661,21 @@ class MarketMaker:
 
     def _cancel_orders(self, orders: list[OurOrder]) -> None:
         """Ask to cancel tracked orders, in one request; they stay tracked until seen gone."""
-        if not orders:
-            return
+        if orders:
+            self._send_cancel(self._mark_cancelled(orders))
+
+    def _mark_cancelled(self, orders: list[OurOrder]) -> list[str]:
         now = self.clock.now()
         for order in orders:
             order.cancel_sent_at = now
-        ids = [o.cl_ord_id for o in orders]
+        return [o.cl_ord_id for o in orders]
+
+    def _send_cancel(self, cl_ord_ids: list[str]) -> None:
+        """The cancel_orders request alone (it may run on another thread)."""
         try:
-            api.cancel_orders(self.auth, cl_ord_ids=ids)
+            api.cancel_orders(self.auth, cl_ord_ids=cl_ord_ids)
         except StandXError as exc:
-            log.warning("cancel of %s failed (%s): will retry", ", ".join(ids), exc)
+            log.warning("cancel of %s failed (%s): will retry", ", ".join(cl_ord_ids), exc)
 
     def _cancel_ids(self, cl_ord_ids: list[str]) -> bool:
         """One batch cancel of the ids not already asked for within CANCEL_RETRY_S; True if sent."""
@@ -676,10 +686,7 @@ class MarketMaker:
             return False
         for cid in due:
             self.stray_cancels[cid] = now
-        try:
-            api.cancel_orders(self.auth, cl_ord_ids=due)
-        except StandXError as exc:
-            log.warning("cancel of %d order(s) failed (%s): will retry", len(due), exc)
+        self._send_cancel(due)
         return True
 
     def close_position(self, position: Decimal) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -24,8 +25,8 @@ from typing import Any, Callable, Mapping
 from dotenv import load_dotenv
 
 import standx_api as api
-from standx_auth import (DEFAULT_AUTH_BASE_URL, DEFAULT_PERPS_BASE_URL, Clock, RealClock,
-                         StandXAuth, StandXError, UnknownOutcomeError, normalize_private_key)
+from standx_auth import (DEFAULT_AUTH_BASE_URL, DEFAULT_PERPS_BASE_URL, Clock, StandXAuth,
+                         StandXError, UnknownOutcomeError, normalize_private_key, sleep_until)
 
 log = logging.getLogger("market_maker")
 
@@ -53,7 +54,9 @@ STATUS_EVERY_S = 60.0
 STOP_DEADLINE_S = 14.0
 STOP_POLL_S = 0.3
 STARTUP_BACKOFF_MAX_S = 60.0
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+# 0 clean stop; 1 the stop could not be confirmed; 2 bad configuration; 3 another instance
+# runs for this account and symbol; 4 stopped because the balance fell below the exit floor.
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_ALREADY_RUNNING, EXIT_BALANCE_FLOOR = 0, 1, 2, 3, 4
 DEFAULT_SIM_REPORT = os.path.join("logs", "simulate_report.json")
 
 NORMAL, DEGRADED_1, DEGRADED_2 = "normal", "degraded_1", "degraded_2"
@@ -88,6 +91,7 @@ class Config:
     band: Band = Band(Decimal("7.5"), Decimal("7.0"), Decimal("10"))
     balance_threshold_1: Decimal = Decimal("100")
     balance_threshold_2: Decimal = Decimal("50")
+    balance_exit: Decimal | None = None
     check_interval_s: float = 0.5
     time_in_force: str = "alo"
     requote_mode: str = "replace"
@@ -163,6 +167,12 @@ def load_config(env: Mapping[str, str]) -> Config:
         raise ConfigError("MARKET_MAKER_BALANCE_THRESHOLD_2",
                           f"must not exceed THRESHOLD_1 (got {threshold_2} > {threshold_1})")
 
+    balance_exit = None
+    if env.get("MARKET_MAKER_BALANCE_EXIT", "").strip():
+        balance_exit = _decimal_setting(env, "MARKET_MAKER_BALANCE_EXIT", "0")
+        if balance_exit < 0:
+            raise ConfigError("MARKET_MAKER_BALANCE_EXIT", f"must not be negative (got {balance_exit})")
+
     interval = _decimal_setting(env, "MARKET_MAKER_CHECK_INTERVAL", "0.5")
     if not Decimal("0.1") <= interval <= Decimal("60"):
         raise ConfigError("MARKET_MAKER_CHECK_INTERVAL",
@@ -170,7 +180,7 @@ def load_config(env: Mapping[str, str]) -> Config:
 
     return Config(
         private_key=private_key, symbol=symbol, qty=qty, band=band,
-        balance_threshold_1=threshold_1, balance_threshold_2=threshold_2,
+        balance_threshold_1=threshold_1, balance_threshold_2=threshold_2, balance_exit=balance_exit,
         check_interval_s=float(interval),
         time_in_force=_choice_setting(env, "MARKET_MAKER_TIME_IN_FORCE", "alo", ("alo", "gtc")),
         requote_mode=_choice_setting(env, "MARKET_MAKER_REQUOTE", "replace", ("replace", "cancel_first")),
@@ -344,6 +354,7 @@ class MarketMaker:
         self.started_at = self.clock.now()
         self.last_status_at = self.started_at
         self.stop_requested = False
+        self.exit_code = EXIT_OK
 
     # -- lifecycle --
 
@@ -375,7 +386,7 @@ class MarketMaker:
                 return True
             except StandXError as exc:
                 log.error("cannot start yet (%s): retrying in %.0f s", exc, backoff_s)
-                self.clock.sleep(backoff_s)
+                sleep_until(self.clock, self.clock.now() + backoff_s, lambda: self.stop_requested)
                 backoff_s = min(backoff_s * 2, STARTUP_BACKOFF_MAX_S)
         return False
 
@@ -391,7 +402,7 @@ class MarketMaker:
                 self.request_stop("duration reached")
             if not self.stop_requested:
                 self.clock.sleep(max(self.config.check_interval_s - (self.clock.now() - started), 0.0))
-        return EXIT_OK if self.shutdown() else EXIT_ERROR
+        return self.exit_code if self.shutdown() else EXIT_ERROR
 
     # -- one loop --
 
@@ -447,6 +458,10 @@ class MarketMaker:
 
     def _set_mode(self, balance: Decimal, initial: bool = False) -> None:
         self.balance = balance
+        floor = self.config.balance_exit
+        if floor is not None and balance < floor and not self.stop_requested:
+            self.exit_code = EXIT_BALANCE_FLOOR
+            self.request_stop(f"balance {balance} is below MARKET_MAKER_BALANCE_EXIT {floor}")
         mode = mode_for_balance(balance, self.config.balance_threshold_1, self.config.balance_threshold_2)
         if mode == self.mode and not initial:
             return
@@ -871,6 +886,12 @@ def main(argv: list[str] | None = None) -> int:
         return simulate(config, args)
     auth = StandXAuth(config.private_key, auth_base_url=config.auth_base_url,
                       perps_base_url=config.perps_base_url)
+    try:
+        lock = hold_instance_lock(auth.address, config.symbol)
+    except OSError:
+        print(f"already running: another market maker quotes {config.symbol} for {auth.address} "
+              "on this machine; stop it first", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
     maker = MarketMaker(config, auth)
     install_signal_handlers(maker)
     log.info("starting: %s wallet=%s", describe(config), auth.address)
@@ -879,6 +900,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG
+    finally:
+        lock.close()
+
+
+def hold_instance_lock(address: str, symbol: str) -> socket.socket:
+    """One daemon per account and symbol on this machine, or two bots would fight over the same
+    orders. The lock is an abstract UNIX socket name: held while the process lives, released by
+    the kernel even after SIGKILL, and not hidden by systemd's PrivateTmp. OSError if taken."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0standx-market-maker:{address.lower()}:{symbol}")
+    except OSError:
+        lock.close()
+        raise
+    return lock
 
 
 def simulate(config: Config, args: argparse.Namespace) -> int:

@@ -37,6 +37,10 @@ READ_ATTEMPTS = 3
 READ_RETRY_PAUSE_S = 0.2
 # Without Retry-After, a 429 still pauses every call for this long.
 DEFAULT_RATE_LIMIT_BACKOFF_S = 1.0
+# After a failed login the next one waits 1, 2, 4 ... s, up to this.
+LOGIN_BACKOFF_MAX_S = 300.0
+# Long waits are cut into slices this long so that a stop request ends them promptly.
+WAIT_SLICE_S = 0.5
 # Public market data needs no token; every other call carries the Bearer token.
 PUBLIC_PATHS = frozenset({"/api/query_symbol_info", "/api/query_symbol_price", "/api/health"})
 CLOCK_HINT = "the server clock looks wrong: sync it (sudo timedatectl set-ntp true)"
@@ -124,6 +128,12 @@ class UnknownOutcomeError(StandXError):
 
     It must not be re-sent blindly: look for its cl_ord_id instead.
     """
+
+
+def sleep_until(clock: Clock, until: float, stop: Callable[[], bool]) -> None:
+    """Sleep until `until` on the clock, waking early once `stop()` is true."""
+    while (now := clock.now()) < until and not stop():
+        clock.sleep(min(until - now, WAIT_SLICE_S))
 
 
 def decode_jwt_payload(jwt: str) -> dict[str, Any]:
@@ -257,6 +267,8 @@ class StandXAuth:
         self.deadline: float | None = None
         self.backoff_until = 0.0
         self.requests_sent = 0
+        self._login_failures = 0
+        self._next_login_at = 0.0
         # Calls may overlap (Clock.gather): one lock guards the token and the counters.
         self._lock = threading.RLock()
 
@@ -271,6 +283,24 @@ class StandXAuth:
             self._log_in()
 
     def _log_in(self) -> None:
+        """Sign in, or refuse at once while the backoff after a failed login runs, so that a
+        login that keeps failing is not retried on every call."""
+        wait_s = self._next_login_at - self.clock.now()
+        if wait_s > 0:
+            raise AuthError(f"login failed recently; next attempt in {wait_s:.0f} s")
+        try:
+            self._sign_in()
+        except StandXError as exc:
+            self._login_failures += 1
+            backoff_s = min(2.0 ** (self._login_failures - 1), LOGIN_BACKOFF_MAX_S)
+            if isinstance(exc, RateLimitError):
+                backoff_s = max(backoff_s, exc.retry_after_s)
+            self._next_login_at = self.clock.now() + backoff_s
+            log.error("login failed (%s): next attempt in %.0f s", exc, backoff_s)
+            raise
+        self._login_failures, self._next_login_at = 0, 0.0
+
+    def _sign_in(self) -> None:
         signing_key = SigningKey.generate()
         request_id = base58.b58encode(bytes(signing_key.verify_key)).decode("ascii")
         prepared = self._auth_post("/v1/offchain/prepare-signin",
@@ -420,7 +450,8 @@ class StandXAuth:
               headers: dict[str, str], is_write: bool) -> requests.Response:
         """One HTTP exchange. Reads retry network errors; writes raise UnknownOutcomeError."""
         self._wait_out_rate_limit()
-        attempts = 1 if is_write else READ_ATTEMPTS
+        # Writes are never re-sent; once stopping, the time left goes to cancelling, not retries.
+        attempts = 1 if is_write or self.deadline is not None else READ_ATTEMPTS
         for attempt in range(1, attempts + 1):
             timeout = self._timeout()
             try:
@@ -460,7 +491,5 @@ class StandXAuth:
         """After a 429, every call waits until the exchange's Retry-After has passed."""
         wait_s = self.backoff_until - self.clock.now()
         if wait_s > 0:
-            if self.deadline is not None:
-                wait_s = min(wait_s, max(self.deadline - self.clock.now(), 0.0))
             log.info("rate limited: waiting %.1f s before the next request", wait_s)
-            self.clock.sleep(wait_s)
+            sleep_until(self.clock, self.backoff_until, self._past_deadline)

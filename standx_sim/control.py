@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FAULT_FIELDS = {"kind", "path", "probability", "count", "after_s", "for_s", "status", "retry_after_s", "stall_s"}
+FAULT_FIELDS = {"kind", "path", "probability", "count", "after_s", "for_s", "status", "retry_after_s", "stall_s",
+                "body"}
 
 
 def jsonable(value):

@@ -12,6 +12,10 @@ that fires decides the fault of a request. Kinds:
 - ``stall``: the request is processed, then the answer is held ``stall_s`` seconds.
 - ``accept_then_504``: the request is processed, then a 504 HTML page is returned, so the
   client cannot tell whether it happened.
+- ``body``: HTTP 200 with the rule's ``body`` (any JSON value) instead of the real answer, for
+  answers with missing fields or null prices; the request is not processed.
+- ``foreign_signin``: prepare-signin answers a sign-in message for another wallet
+  (FOREIGN_ADDRESS), which a client must refuse to sign.
 
 ``drop`` and ``stall`` need the transport: the handler marks its answer with the headers
 DROP_HEADER / STALL_HEADER, which the in-process adapter and the HTTP server act on and strip.
@@ -19,11 +23,14 @@ Token expiry and clock skew are switched on the Simulator (expire_tokens, set_cl
 """
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import logging
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from .clock import Clock
 from .wire import Response, error_response
@@ -32,8 +39,11 @@ log = logging.getLogger(__name__)
 
 STALL_HEADER = "X-Sim-Stall-Seconds"
 DROP_HEADER = "X-Sim-Drop-Connection"
-KINDS = ("error", "html", "malformed", "rate_limit", "drop", "stall", "accept_then_504")
-PROCESSED_KINDS = ("stall", "accept_then_504")  # the request reaches the exchange before the fault
+KINDS = ("error", "html", "malformed", "rate_limit", "drop", "stall", "accept_then_504", "body",
+         "foreign_signin")
+# The request reaches the exchange before the fault.
+PROCESSED_KINDS = ("stall", "accept_then_504", "foreign_signin")
+FOREIGN_ADDRESS = "0x000000000000000000000000000000000000dEaD"
 DEFAULT_STATUS = {"error": 500, "html": 502, "accept_then_504": 504}
 
 
@@ -49,6 +59,7 @@ class FaultRule:
     status: int
     retry_after_s: int
     stall_s: float
+    body: Any = None
 
     def matches(self, path: str, now: float) -> bool:
         return (self.path is None or self.path == path) and self.start <= now < self.end and self.remaining > 0
@@ -73,7 +84,7 @@ class Faults:
 
     def add(self, kind: str, *, path: str | None = None, probability: float = 1.0, count: int | None = None,
             after_s: float = 0.0, for_s: float | None = None, status: int | None = None,
-            retry_after_s: int = 1, stall_s: float = 5.0) -> int:
+            retry_after_s: int = 1, stall_s: float = 5.0, body: Any = None) -> int:
         """Add a rule active from now + after_s for for_s seconds (None = forever); returns its id."""
         if kind not in KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -88,7 +99,8 @@ class Faults:
             raise ValueError("retry_after_s and stall_s must be >= 0")
         start = self._clock.now() + after_s
         rule = FaultRule(next(self._ids), kind, path, probability, math.inf if count is None else count,
-                         start, math.inf if for_s is None else start + for_s, status, retry_after_s, stall_s)
+                         start, math.inf if for_s is None else start + for_s, status, retry_after_s, stall_s,
+                         body)
         self._rules.append(rule)
         log.info("fault rule %d added: %s on %s", rule.id, kind, path or "every path")
         return rule.id
@@ -121,6 +133,8 @@ def response_before_processing(rule: FaultRule) -> Response:
     if rule.kind == "rate_limit":
         status, headers, body = error_response(429, "too many requests")
         return status, {**headers, "Retry-After": str(rule.retry_after_s)}, body
+    if rule.kind == "body":
+        return 200, {"Content-Type": "application/json"}, json.dumps(rule.body).encode()
     return 502, {DROP_HEADER: "1"}, b""  # drop: a transport closes the connection instead
 
 
@@ -128,5 +142,22 @@ def response_after_processing(rule: FaultRule, response: Response) -> Response:
     """The answer of a fault that lets the request through first."""
     if rule.kind == "accept_then_504":
         return html_page(rule.status)
+    if rule.kind == "foreign_signin":
+        return _signin_for_another_wallet(response)
     status, headers, body = response  # stall
     return status, {**headers, STALL_HEADER: str(rule.stall_s)}, body
+
+
+def _signin_for_another_wallet(response: Response) -> Response:
+    """The same prepare-signin answer, its JWT payload rewritten for FOREIGN_ADDRESS."""
+    status, headers, body = response
+    answer = json.loads(body)
+    if status != 200 or "signedData" not in answer:
+        return response
+    head, payload_b64, signature = answer["signedData"].split(".")
+    payload = json.loads(base64.urlsafe_b64decode(payload_b64 + "=" * (-len(payload_b64) % 4)))
+    payload["message"] = payload["message"].replace(payload["address"], FOREIGN_ADDRESS)
+    payload["address"] = FOREIGN_ADDRESS
+    rewritten = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    answer["signedData"] = f"{head}.{rewritten}.{signature}"
+    return status, headers, json.dumps(answer).encode()

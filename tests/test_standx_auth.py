@@ -446,10 +446,31 @@ def test_429_on_login_makes_next_call_wait_retry_after(auth, rsps, clock):
         return 429, {"Retry-After": "5"}, '{"code":429,"message":"too many requests"}'
 
     rsps.add_callback(responses.POST, f"{AUTH}/v1/offchain/prepare-signin", callback=prepare)
-    for _ in range(2):
+    for _ in range(12):
         with pytest.raises(StandXError):
             auth.get_token()
-    assert sent_at[1] - sent_at[0] >= 5
+        clock.advance(1)
+    assert len(sent_at) >= 2
+    assert all(later - earlier >= 5 for earlier, later in zip(sent_at, sent_at[1:]))
+
+
+def test_failing_login_backs_off_and_says_why(auth, rsps, clock, caplog):
+    rsps.add(responses.POST, f"{AUTH}/v1/offchain/prepare-signin", status=500,
+             json={"code": 500, "message": "internal server error"})
+    for _ in range(40):
+        with pytest.raises(AuthError):
+            auth.get_token()
+        clock.advance(0.5)
+    attempts = [c for c in rsps.calls if "prepare-signin" in c.request.url]
+    assert len(attempts) <= 5  # 1, 2, 4, 8 s apart over 20 s, not one per call
+    assert "login failed (HTTP 500: /v1/offchain/prepare-signin failed: internal server error)" in caplog.text
+
+
+def test_successful_login_resets_the_backoff(auth, login, rsps, clock):
+    auth._next_login_at, auth._login_failures = clock.now() + 100, 5
+    clock.advance(100)
+    auth.get_token()
+    assert (auth._login_failures, auth._next_login_at) == (0, 0.0)
 
 
 # ---- 10. secrets --------------------------------------------------------------------------

@@ -159,6 +159,9 @@ class Meter:
     fees: Decimal = Decimal(0)
     requests: Counter = field(default_factory=Counter)
     max_live: dict[str, int] = field(default_factory=lambda: {"buy": 0, "sell": 0})
+    # Longest continuous time with two or more live orders on one side: a duplicate, unless brief.
+    max_double_s: dict[str, float] = field(default_factory=lambda: {"buy": 0.0, "sell": 0.0})
+    _double_since: dict[str, float | None] = field(default_factory=lambda: {"buy": None, "sell": None})
     snapshots_before_open: int = 0  # maker-hour snapshots taken before this account existed
     snapshots: list[Decimal] = field(default_factory=list)  # one value per snapshot since then
 
@@ -174,6 +177,19 @@ class Meter:
     def seconds(self, key: str, t: float) -> float:
         since = self._open_since[key]
         return self.in_band_s[key] + (t - since if since is not None else 0.0)
+
+    def count_live(self, t: float, side: str, live: int) -> None:
+        self.max_live[side] = max(self.max_live[side], live)
+        since = self._double_since[side]
+        if live >= 2 and since is None:
+            self._double_since[side] = t
+        elif live < 2 and since is not None:
+            self.max_double_s[side] = max(self.max_double_s[side], t - since)
+            self._double_since[side] = None
+
+    def longest_double_s(self, side: str, t: float) -> float:
+        since = self._double_since[side]
+        return max(self.max_double_s[side], t - since if since is not None else 0.0)
 
     @property
     def flagged(self) -> bool:
@@ -516,8 +532,10 @@ class Exchange:
         order.status = LIVE
         order.updated_at = self._stamp()
         acct.live[order.id] = order
-        live = sum(o.side == order.side for o in acct.live.values())
-        acct.meter.max_live[order.side] = max(acct.meter.max_live[order.side], live)
+        self._count_live(acct, order.side)
+
+    def _count_live(self, acct: Account, side: str) -> None:
+        acct.meter.count_live(self._t, side, sum(o.side == side for o in acct.live.values()))
 
     @staticmethod
     def _reduce_capacity(acct: Account, side: str) -> Decimal:
@@ -540,7 +558,8 @@ class Exchange:
         if remark:
             order.remark = remark
         acct = self._accounts[order.address]
-        acct.live.pop(order.id, None)
+        if acct.live.pop(order.id, None) is not None:
+            self._count_live(acct, order.side)
         meter = acct.meter
         if status == "rejected":
             meter.orders_rejected += 1
@@ -644,7 +663,8 @@ class Exchange:
         Keys: elapsed_s, two_sided_s, two_sided_uptime (fraction of elapsed_s), buy_in_band_s,
         sell_in_band_s, orders_placed, orders_rejected, orders_cancelled, cancel_requests, fills,
         maker_fills, taker_fills, filled_qty, realized_pnl, fees, upnl, position_qty, balance,
-        requests (path -> count), requests_total, max_live_orders ({"buy": n, "sell": n}).
+        requests (path -> count), requests_total, max_live_orders ({"buy": n, "sell": n}),
+        max_double_s ({"buy": s, "sell": s}: the longest time with 2+ live orders on a side).
         """
         acct = self._known(address)
         meter, pos = acct.meter, acct.position
@@ -672,4 +692,5 @@ class Exchange:
             "requests": dict(meter.requests),
             "requests_total": sum(meter.requests.values()),
             "max_live_orders": dict(meter.max_live),
+            "max_double_s": {side: meter.longest_double_s(side, self._t) for side in SIDES},
         }

@@ -3,24 +3,22 @@ subprocesses over HTTP (`python market_maker.py` against `python -m standx_sim s
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import requests
+from eth_account import Account
 
 import market_maker as mm
 from standx_auth import StandXAuth
 from standx_sim.simulate import throwaway_key
 from tests.sim_helpers import BASE_URL, FLAT_MARK, flat_sim
+from tests.sim_process import REPO, account, clean_env, start_daemon_process, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
-HTTP_TIMEOUT_S = 5
 
 
 # ---- in-process, virtual time ----------------------------------------------------------------
@@ -137,50 +135,10 @@ def test_shutdown_leaves_no_order_and_spares_manual_ones():
 
 # ---- subprocesses over HTTP -------------------------------------------------------------------
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MARKET_MAKER_", "STANDX_", "WALLET_", "LOG_LEVEL"))}
-    env.update(extra)
-    return env
-
-
-@pytest.fixture
-def sim_server():
-    process = subprocess.Popen(
-        [sys.executable, "-m", "standx_sim", "serve", "--volatility-bps", "0",
-         "--visibility-delay-ms", "100"],
-        cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        url = process.stdout.readline().strip().split("=", 1)[1]
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def account(url: str, address: str) -> dict:
-    answer = requests.get(f"{url}/_sim/account", params={"address": address}, timeout=HTTP_TIMEOUT_S)
-    return answer.json() if answer.status_code == 200 else {}
-
-
-def wait_until(condition, timeout_s: float) -> bool:
-    ends = time.monotonic() + timeout_s
-    while time.monotonic() < ends:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_daemon_process_quotes_then_stops_on_sigterm_with_no_order_left(sim_server, tmp_path):
     key = throwaway_key()
-    from eth_account import Account
     address = Account.from_key(key).address.lower()
-    daemon = subprocess.Popen(
-        [sys.executable, str(REPO / "market_maker.py")], cwd=tmp_path,
-        env=clean_env(WALLET_PRIVATE_KEY=key, STANDX_AUTH_BASE_URL=sim_server,
-                      STANDX_PERPS_BASE_URL=sim_server, MARKET_MAKER_CHECK_INTERVAL="0.2"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    daemon = start_daemon_process(sim_server, key, tmp_path)
     try:
         two_sided = wait_until(lambda: len(account(sim_server, address).get("open_orders", [])) == 2, 20)
         orders = account(sim_server, address)["open_orders"]

@@ -125,3 +125,13 @@ def test_every_request_is_counted_by_path_even_without_a_token():
     assert sim.api.request_counts["/api/query_symbol_price"] == 1
     assert sim.api.request_counts["/api/new_order"] == 2
     assert "/api/query_symbol_price" not in sim.exchange.metrics(client.address)["requests"]
+
+
+def test_metrics_measure_the_longest_time_with_two_orders_on_a_side():
+    sim, client = quoting()
+    client.new_order(side="buy", price="94980.0")
+    sim.clock.sleep(1.5)  # the second buy shows at 0.25 s, its cancel takes effect at 1.75 s
+    second = [o["cl_ord_id"] for o in client.open_orders() if o["price"] == "94980.0"]
+    client.post_signed("/api/cancel_orders", {"cl_ord_id_list": second})
+    sim.clock.sleep(1)
+    assert sim.exchange.metrics(client.address)["max_double_s"] == {"buy": 1.5, "sell": 0.0}

@@ -852,8 +852,9 @@ def setup_logging(level: str) -> None:
 
 def describe(config: Config) -> str:
     band = config.band
+    floor = f" exit_below={config.balance_exit}" if config.balance_exit is not None else ""
     return (f"symbol={config.symbol} qty={config.qty} band={band.target_bps}/{band.min_bps}/"
-            f"{band.max_bps}bps thresholds={config.balance_threshold_1}/{config.balance_threshold_2} "
+            f"{band.max_bps}bps thresholds={config.balance_threshold_1}/{config.balance_threshold_2}{floor} "
             f"interval={config.check_interval_s}s tif={config.time_in_force} "
             f"requote={config.requote_mode} perps={config.perps_base_url}")
 

@@ -52,6 +52,8 @@ INVALID = [
     ({"MARKET_MAKER_BALANCE_THRESHOLD_1": "x"}, "MARKET_MAKER_BALANCE_THRESHOLD_1"),
     ({"MARKET_MAKER_BALANCE_THRESHOLD_2": "150"}, "MARKET_MAKER_BALANCE_THRESHOLD_2"),
     ({"MARKET_MAKER_BALANCE_THRESHOLD_2": "-1"}, "MARKET_MAKER_BALANCE_THRESHOLD_2"),
+    ({"MARKET_MAKER_BALANCE_EXIT": "-5"}, "MARKET_MAKER_BALANCE_EXIT"),
+    ({"MARKET_MAKER_BALANCE_EXIT": "ten"}, "MARKET_MAKER_BALANCE_EXIT"),
     ({"MARKET_MAKER_CHECK_INTERVAL": "0"}, "MARKET_MAKER_CHECK_INTERVAL"),
     ({"MARKET_MAKER_CHECK_INTERVAL": "fast"}, "MARKET_MAKER_CHECK_INTERVAL"),
     ({"MARKET_MAKER_CHECK_INTERVAL": "3600"}, "MARKET_MAKER_CHECK_INTERVAL"),
@@ -85,6 +87,12 @@ def test_config_repr_hides_the_private_key():
     assert KEY_HEX not in repr(config)
 
 
+def test_balance_exit_floor_is_off_unless_set():
+    assert mm.load_config({"WALLET_PRIVATE_KEY": KEY}).balance_exit is None
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "MARKET_MAKER_BALANCE_EXIT": "25"})
+    assert config.balance_exit == Decimal(25)
+
+
 def test_equal_min_target_max_is_allowed():
     config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "MARKET_MAKER_TARGET_BPS": "8",
                              "MARKET_MAKER_MIN_BPS": "8", "MARKET_MAKER_MAX_BPS": "8"})
@@ -114,18 +122,21 @@ def test_cli_bad_setting_exits_2_with_one_line_and_no_traceback(tmp_path, settin
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_cli_bad_setting_sends_no_request(monkeypatch, capsys):
+@pytest.mark.parametrize("settings, variable", INVALID)
+def test_every_bad_setting_exits_2_with_one_line_and_sends_no_request(monkeypatch, capsys, settings, variable):
     for name in list(os.environ):
-        if name.startswith(("MARKET_MAKER_", "STANDX_", "WALLET_")):
+        if name.startswith(("MARKET_MAKER_", "STANDX_", "WALLET_", "LOG_LEVEL")):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("WALLET_PRIVATE_KEY", KEY)
-    monkeypatch.setenv("MARKET_MAKER_QTY", "-1")
+    for name, value in {"WALLET_PRIVATE_KEY": KEY, **settings}.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.chdir(REPO / "tests")  # no .env here
     monkeypatch.setattr(mm, "setup_logging", lambda level: None)  # keep pytest's log capture
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         assert mm.main([]) == mm.EXIT_CONFIG
         assert len(mock.calls) == 0
-    assert "MARKET_MAKER_QTY" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"configuration error: {variable}")
+    assert KEY_HEX not in err[0]
 
 
 def test_cli_check_config_reads_the_env_file_and_prints_no_secret(tmp_path):

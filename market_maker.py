@@ -9,7 +9,9 @@ widens the band when the balance is low. SIGTERM/SIGINT: finish the loop, cancel
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import logging.handlers
 import os
 import re
 import secrets
@@ -25,6 +27,7 @@ from typing import Any, Callable, Mapping
 from dotenv import load_dotenv
 
 import standx_api as api
+from alerts import AlertConfig, AlertConfigError, Alerter, load_alert_config
 from standx_auth import (DEFAULT_AUTH_BASE_URL, DEFAULT_PERPS_BASE_URL, Clock, StandXAuth,
                          StandXError, UnknownOutcomeError, normalize_private_key, sleep_until)
 
@@ -51,8 +54,20 @@ CLOSE_SETTLE_S = 1.0
 # The original strategy's pause between "cancel all" and "place both".
 CANCEL_FIRST_PAUSE_S = 1.0
 STATUS_EVERY_S = 60.0
+# The reward programme counts a quote within this distance of the mark...
+REWARD_BAND_BPS = Decimal(10)
+# ...and pays the 1.0x tier for an hour with both sides there in at least this share of it.
+BOOSTED_SHARE = 0.70
+UPTIME_WINDOW_S = 3600
+# The running daemon's state for --status: one file per account and symbol, by default beside
+# the code so that --status finds it from any working directory.
+DEFAULT_STATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "logs")
+LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 5
 STOP_DEADLINE_S = 14.0
 STOP_POLL_S = 0.3
+# This many loops in a row without a decision (failed reads) raise the "failures" alert.
+FAILED_LOOPS_ALERT = 20
 STARTUP_BACKOFF_MAX_S = 60.0
 # 0 clean stop; 1 the stop could not be confirmed; 2 bad configuration; 3 another instance
 # runs for this account and symbol; 4 stopped because the balance fell below the exit floor.
@@ -96,6 +111,7 @@ class Config:
     time_in_force: str = "alo"
     requote_mode: str = "replace"
     log_level: str = "INFO"
+    state_dir: str = DEFAULT_STATE_DIR
     auth_base_url: str = DEFAULT_AUTH_BASE_URL
     perps_base_url: str = DEFAULT_PERPS_BASE_URL
 
@@ -185,6 +201,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         time_in_force=_choice_setting(env, "MARKET_MAKER_TIME_IN_FORCE", "alo", ("alo", "gtc")),
         requote_mode=_choice_setting(env, "MARKET_MAKER_REQUOTE", "replace", ("replace", "cancel_first")),
         log_level=_choice_setting(env, "LOG_LEVEL", "INFO", ("debug", "info", "warning", "error")).upper(),
+        state_dir=env.get("MARKET_MAKER_STATE_DIR", "").strip() or DEFAULT_STATE_DIR,
         auth_base_url=_url_setting(env, "STANDX_AUTH_BASE_URL", DEFAULT_AUTH_BASE_URL),
         perps_base_url=_url_setting(env, "STANDX_PERPS_BASE_URL", DEFAULT_PERPS_BASE_URL),
     )
@@ -305,6 +322,55 @@ class OurOrder:
         return self.cancel_sent_at is not None
 
 
+class UptimeTracker:
+    """Two-sided time within the reward band as this daemon sees it, per minute, for the last
+    hour: the local estimate of what the reward programme's snapshots will find."""
+
+    def __init__(self) -> None:
+        self.minutes: dict[int, list[float]] = {}  # minute -> [two-sided seconds, seconds]
+        self.last: tuple[float, bool] | None = None
+
+    def record(self, now: float, two_sided: bool) -> None:
+        """The state from the last record until now was the last state; from now on, this one."""
+        if self.last is not None:
+            self._add(*self.last, now)
+        self.last = (now, two_sided)
+        oldest = int(now // 60) - UPTIME_WINDOW_S // 60
+        self.minutes = {m: v for m, v in self.minutes.items() if m >= oldest}
+
+    def _add(self, start: float, two_sided: bool, end: float) -> None:
+        while start < end:
+            minute = int(start // 60)
+            stop = min(end, (minute + 1) * 60.0)
+            bucket = self.minutes.setdefault(minute, [0.0, 0.0])
+            bucket[0] += (stop - start) if two_sided else 0.0
+            bucket[1] += stop - start
+            start = stop
+
+    def share_since(self, since: float) -> float | None:
+        """Two-sided share of the recorded time from `since` (None before any record)."""
+        first = int(since // 60)
+        buckets = [v for m, v in self.minutes.items() if m >= first]
+        total = sum(v[1] for v in buckets)
+        return sum(v[0] for v in buckets) / total if total > 0 else None
+
+    def last_hour(self, now: float) -> float | None:
+        return self.share_since(now - UPTIME_WINDOW_S)
+
+    def this_hour(self, now: float) -> float | None:
+        """The share so far in the current clock hour, which the programme scores on its own."""
+        return self.share_since(now - now % 3600)
+
+
+def reward_summary(uptime: UptimeTracker, now: float) -> str:
+    """`uptime 1h=99.1% hour=98.7% (1.0x on track)`, the estimate the status shows."""
+    last_hour, this_hour = uptime.last_hour(now), uptime.this_hour(now)
+    if last_hour is None or this_hour is None:
+        return "uptime 1h=- hour=-"
+    tier = "1.0x on track" if this_hour >= BOOSTED_SHARE else "below 70%: not on track for 1.0x"
+    return f"uptime 1h={100 * last_hour:.1f}% hour={100 * this_hour:.1f}% ({tier})"
+
+
 def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
     """Tick, lot and minimum size of the symbol from query_symbol_info."""
     row = next((r for r in rows or [] if isinstance(r, dict) and r.get("symbol") == symbol), None)
@@ -331,8 +397,11 @@ class MarketMaker:
     """The quoting loop. All time comes from `clock`; all exchange access goes through `auth`."""
 
     def __init__(self, config: Config, auth: StandXAuth, clock: Clock | None = None,
-                 run_id: str | None = None):
+                 run_id: str | None = None, state_path: str | None = None,
+                 alerter: Alerter | None = None):
         self.config = config
+        self.state_path = state_path
+        self.alerter = alerter or Alerter(AlertConfig(), account=auth.address, symbol=config.symbol)
         self.auth = auth
         self.clock: Clock = clock or auth.clock
         self.run_id = run_id or secrets.token_hex(3)
@@ -353,16 +422,21 @@ class MarketMaker:
         self.orders_placed = 0
         self.started_at = self.clock.now()
         self.last_status_at = self.started_at
+        self.uptime = UptimeTracker()
         self.stop_requested = False
+        self.stop_reason = ""
         self.exit_code = EXIT_OK
+        self.failed_loops = 0
+        self.last_read_error = ""
 
     # -- lifecycle --
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Finish the current loop, then stop; every request from now on fits the deadline."""
         if not self.stop_requested:
+            # Called from the signal handler too: log only (an alert is sent from the loop).
             log.info("%s: stopping (cancelling our orders)", reason)
-            self.stop_requested = True
+            self.stop_requested, self.stop_reason = True, reason
             self.auth.deadline = self.clock.now() + STOP_DEADLINE_S
 
     def start(self) -> None:
@@ -394,6 +468,8 @@ class MarketMaker:
         """Loop until stopped (or `duration_s` elapsed), then stop cleanly; the exit code."""
         if not self.start_with_retry():
             return EXIT_OK
+        self.alerter.send("start", f"started: {describe(self.config)}, balance {self.balance}, "
+                                   f"mode {self.mode}")
         ends_at = None if duration_s is None else self.clock.now() + duration_s
         while not self.stop_requested:
             started = self.clock.now()
@@ -407,14 +483,24 @@ class MarketMaker:
     # -- one loop --
 
     def run_once(self) -> None:
-        """One pass: the reads in one round trip, then close, reconcile and requote.
+        """One loop, then the health alerts: reads failing loop after loop, a failing login."""
+        self.iteration += 1
+        decided = self._decide_once()
+        self.failed_loops = 0 if decided else self.failed_loops + 1
+        self.alerter.condition("failures", self.failed_loops >= FAILED_LOOPS_ALERT,
+                               f"exchange reads failing ({self.last_read_error})")
+        self.alerter.condition("login", self.auth.login_failure is not None,
+                               f"login failing ({self.auth.login_failure})")
+
+    def _decide_once(self) -> bool:
+        """One pass: the reads in one round trip, then close, reconcile and requote; True if it
+        got as far as the quoting decision.
 
         Every loop reads the position and the price; our orders when one awaits confirmation
         or the audit is due; the balance every 10th loop. The reads overlap, so the price is
         read at the same point of every loop and the decision follows it at once. A failed
         read ends the pass: no decision is made on unknown state.
         """
-        self.iteration += 1
         reads: dict[str, Callable[[], Any]] = {"position": self._read_position}
         if self.orders_await_confirmation() or self.audit_due():
             reads["orders"] = self._read_open_orders
@@ -426,19 +512,29 @@ class MarketMaker:
             self._set_mode(got["balance"])
         position = got["position"]
         if position is None:
-            return
+            return False
         self._note_position(position)
         if position != 0:
             self.close_position(position)
         if "orders" in got:
             if got["orders"] is None:
-                return
+                return False
             self.reconcile(got["orders"])
         if got["market"] is None:
-            return
+            return False
         self.market = got["market"]
         self.requote(self.market)
+        self.uptime.record(self.clock.now(), self.quoting_both_sides())
         self._maybe_log_status()
+        return True
+
+    def quoting_both_sides(self) -> bool:
+        """Both sides have a resting quote of ours within the reward band of the last mark."""
+        if self.market is None:
+            return False
+        mark = self.market.mark
+        return all(any(o.seen and 0 <= distance_bps(side, o.price, mark) <= REWARD_BAND_BPS
+                       for o in self._active(side)) for side in SIDES)
 
     def audit_due(self) -> bool:
         """Time to check the exchange's list for what local state cannot see (strays, orders
@@ -467,6 +563,8 @@ class MarketMaker:
             return
         log.info("balance %s: mode %s (band %s/%s/%s bps)", balance, mode,
                  *vars(band_for_mode(mode, self.config.band)).values())
+        if not initial:
+            self.alerter.send("mode", f"balance {balance}: mode {mode}")
         if mode != self.mode:
             # Every quote was priced for the old band: both sides are requoted at once.
             for order in self.orders:
@@ -477,8 +575,10 @@ class MarketMaker:
         if position != 0 and self.position == 0:
             self.fills += 1
             log.info("filled: position %s %s, closing", position, self.config.symbol)
+            self.alerter.send("fill", f"filled: position {position}; closing it (reduce-only)")
         elif position == 0 and self.position != 0:
             log.info("position closed: flat again")
+            self.alerter.send("close", "position closed: flat again")
         self.position = position
 
     # -- reads (None = unknown) --
@@ -487,23 +587,28 @@ class MarketMaker:
         try:
             return signed_position(api.query_positions(self.auth, self.config.symbol), self.config.symbol)
         except StandXError as exc:
-            log.warning("position read failed (%s): skipping this loop", exc)
+            self._read_failed("position read failed", exc, "skipping this loop")
         except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
-            log.warning("position answer malformed: skipping this loop")
+            self._read_failed("position answer malformed", None, "skipping this loop")
         return None
+
+    def _read_failed(self, what: str, error: StandXError | None, consequence: str) -> None:
+        self.last_read_error = f"{what}: {error}" if error else what
+        log.warning("%s%s: %s", what, f" ({error})" if error else "", consequence)
 
     def _read_market(self) -> Market | None:
         try:
             prices = api.query_symbol_price(self.auth, self.config.symbol)
         except StandXError as exc:
-            log.warning("price read failed (%s): no quote decision this loop", exc)
+            self._read_failed("price read failed", exc, "no quote decision this loop")
             return None
         if not isinstance(prices, dict):
-            log.warning("price answer malformed: no quote decision this loop")
+            self._read_failed("price answer malformed", None, "no quote decision this loop")
             return None
         mark = positive_decimal(prices.get("mark_price")) or positive_decimal(prices.get("mid_price"))
         if mark is None:
-            log.warning("price answer has no usable mark or mid price: no quote decision this loop")
+            self._read_failed("price answer has no usable mark or mid price", None,
+                              "no quote decision this loop")
             return None
         return Market(mark, positive_decimal(prices.get("spread_bid")),
                       positive_decimal(prices.get("spread_ask")))
@@ -512,7 +617,7 @@ class MarketMaker:
         try:
             return self._read_open_orders_or_raise()
         except StandXError as exc:
-            log.warning("open orders read failed (%s): keeping last known state", exc)
+            self._read_failed("open orders read failed", exc, "keeping last known state")
             return None
 
     def _read_open_orders_or_raise(self) -> list[dict[str, Any]]:
@@ -741,12 +846,15 @@ class MarketMaker:
             self._cancel_ids(ours)
             self._look_up_unseen()
         flat = self._flatten_before_exit(deadline)
+        self.write_state()
         if clean and flat:
-            log.info("stopped: no order of ours is left open and no position")
+            outcome = "no order of ours is left open and no position"
+            log.info("stopped: %s", outcome)
         else:
-            log.error("stop deadline reached: could not confirm that %s; check on the exchange "
-                      "(our orders are cancelled at the next start)",
-                      "our orders are cancelled" if not clean else "the position is closed")
+            outcome = (f"could not confirm that {'our orders are cancelled' if not clean else 'the position is closed'}; "
+                       "check on the exchange (our orders are cancelled at the next start)")
+            log.error("stop deadline reached: %s", outcome)
+        self.alerter.send("stop", f"stopped ({self.stop_reason}): {outcome}")
         return clean and flat
 
     def _unseen_in_flight(self) -> bool:
@@ -778,6 +886,22 @@ class MarketMaker:
         if now - self.last_status_at >= STATUS_EVERY_S:
             self.last_status_at = now
             log.info(self.status_line())
+            self.write_state()
+
+    def write_state(self) -> None:
+        """Save what --status shows of the running daemon (its own view: uptime, mode, counters)."""
+        if self.state_path is None:
+            return
+        now = self.clock.now()
+        state = {"updated_at": now, "pid": os.getpid(), "running": not self.stop_requested,
+                 "mode": self.mode, "position": str(self.position), "requotes": self.requotes,
+                 "fills": self.fills, "uptime": reward_summary(self.uptime, now)}
+        try:
+            with open(self.state_path + ".tmp", "w", encoding="utf-8") as handle:
+                json.dump(state, handle)
+            os.replace(self.state_path + ".tmp", self.state_path)
+        except OSError as exc:
+            log.warning("cannot write the state file %s (%s)", self.state_path, exc.strerror)
 
     def status_line(self) -> str:
         mark = self.market.mark if self.market else None
@@ -786,10 +910,11 @@ class MarketMaker:
             live = [o for o in self._active(side) if o.seen]
             sides.append(f"{side} {distance_bps(side, live[0].price, mark):.2f}bps"
                          if live and mark else f"{side} -")
-        elapsed = max(self.clock.now() - self.started_at, 1e-9)
+        now = self.clock.now()
+        elapsed = max(now - self.started_at, 1e-9)
         return (f"status mode={self.mode} mark={mark} {' '.join(sides)} position={self.position} "
                 f"balance={self.balance} requotes={self.requotes} fills={self.fills} "
-                f"req/s={self.auth.requests_sent / elapsed:.2f}")
+                f"req/s={self.auth.requests_sent / elapsed:.2f} {reward_summary(self.uptime, now)}")
 
 
 # ---- command line --------------------------------------------------------------------------
@@ -829,6 +954,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--env-file", help="read settings from this file (default: ./.env if present)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the settings, print them and exit (no request is sent)")
+    parser.add_argument("--status", action="store_true",
+                        help="print the account's balance, position and our orders, and exit "
+                             "(read-only: no order can be sent)")
+    parser.add_argument("--log-file", metavar="PATH",
+                        help="log to this file, rotated at 10 MB x 5, instead of stdout")
     sim = parser.add_argument_group("simulation (no account needed)")
     sim.add_argument("--simulate", action="store_true",
                      help="run against a local StandX simulator with a throwaway wallet")
@@ -845,9 +975,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stdout, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def setup_logging(level: str, log_file: str | None = None) -> None:
+    """Log to stdout (the terminal, or systemd's journal), or with --log-file only to that
+    file, rotated by size so that weeks of running cannot fill the disk."""
+    if log_file:
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=LOG_FILE_MAX_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # urllib3's DEBUG lines carry request paths, and a Telegram path carries the bot token.
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+def state_file_path(config: Config, address: str) -> str:
+    return os.path.join(config.state_dir, f"state_{address.lower()}_{config.symbol}.json")
 
 
 def describe(config: Config) -> str:
@@ -876,13 +1019,17 @@ def main(argv: list[str] | None = None) -> int:
             from standx_sim.simulate import throwaway_key
             env["WALLET_PRIVATE_KEY"] = throwaway_key()
         config = load_config(env)
-    except ConfigError as exc:
+        alert_config = load_alert_config(env)
+    except (ConfigError, AlertConfigError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.log_level)
     if args.check_config:
         print(f"configuration OK: {describe(config)}")
         return EXIT_OK
+    if args.status:
+        setup_logging("WARNING")
+        return show_status(config)
+    setup_logging(config.log_level, args.log_file)
     if args.simulate:
         return simulate(config, args)
     auth = StandXAuth(config.private_key, auth_base_url=config.auth_base_url,
@@ -893,7 +1040,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"already running: another market maker quotes {config.symbol} for {auth.address} "
               "on this machine; stop it first", file=sys.stderr)
         return EXIT_ALREADY_RUNNING
-    maker = MarketMaker(config, auth)
+    alerter = Alerter(alert_config, account=auth.address, symbol=config.symbol, clock=auth.clock.now)
+    maker = MarketMaker(config, auth, state_path=state_file_path(config, auth.address), alerter=alerter)
     install_signal_handlers(maker)
     log.info("starting: %s wallet=%s", describe(config), auth.address)
     try:
@@ -902,7 +1050,63 @@ def main(argv: list[str] | None = None) -> int:
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG
     finally:
+        alerter.close()  # the stop message goes out, within a second at most
         lock.close()
+
+
+def show_status(config: Config) -> int:
+    """Print the account as the exchange shows it, plus the running daemon's own view."""
+    auth = StandXAuth(config.private_key, auth_base_url=config.auth_base_url,
+                      perps_base_url=config.perps_base_url, read_only=True)
+    reader = MarketMaker(config, auth)
+    try:
+        auth.authenticate()
+        balance = reader._read_balance_or_raise()
+        orders = reader._read_open_orders_or_raise()
+    except StandXError as exc:
+        print(f"status unavailable: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    position, market = reader._read_position(), reader._read_market()
+    print(format_status(config, auth.address, balance, position, market, orders,
+                        read_state(state_file_path(config, auth.address), auth.clock.now())))
+    return EXIT_OK
+
+
+def format_status(config: Config, address: str, balance: Decimal, position: Decimal | None,
+                  market: Market | None, orders: list[dict[str, Any]], daemon: str) -> str:
+    mark = market.mark if market else None
+    lines = [f"account  {address}  {config.symbol}",
+             f"balance  {balance}",
+             f"position {position if position is not None else 'unknown (read failed)'}",
+             f"mark     {mark if mark is not None else 'unknown (read failed)'}",
+             "our orders:"]
+    ours = [o for o in orders if is_our_order(o)]
+    for order in ours:
+        side, price = str(order.get("side")), positive_decimal(order.get("price"))
+        gap = f"{distance_bps(side, price, mark):7.2f} bps" if price and mark else "      ? bps"
+        lines.append(f"  {side:<4} {order.get('qty')} @ {order.get('price')}  {gap}  {order.get('cl_ord_id')}")
+    if not ours:
+        lines.append("  none")
+    if len(orders) > len(ours):
+        lines.append(f"other open orders: {len(orders) - len(ours)} (not ours: left alone)")
+    lines.append(f"daemon   {daemon}")
+    return "\n".join(lines)
+
+
+def read_state(path: str, now: float) -> str:
+    """The running daemon's view from its state file, or why there is none."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        age_s = now - float(state["updated_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no state file: not running on this machine, or not for 60 s yet"
+    if not state.get("running"):
+        return f"stopped {age_s:.0f} s ago"
+    if age_s > 3 * STATUS_EVERY_S:
+        return f"no news for {age_s:.0f} s (stopped or stuck?); last: {state.get('uptime')}"
+    return (f"running (pid {state.get('pid')}, {age_s:.0f} s ago): mode {state.get('mode')}, "
+            f"{state.get('uptime')}, requotes {state.get('requotes')}, fills {state.get('fills')}")
 
 
 def hold_instance_lock(address: str, symbol: str) -> socket.socket:

@@ -251,8 +251,10 @@ class StandXAuth:
     def __init__(self, private_key: str, *, auth_base_url: str = DEFAULT_AUTH_BASE_URL,
                  perps_base_url: str = DEFAULT_PERPS_BASE_URL, clock: Clock | None = None,
                  session: requests.Session | None = None,
-                 token_lifetime_s: int = TOKEN_LIFETIME_S):
+                 token_lifetime_s: int = TOKEN_LIFETIME_S, read_only: bool = False):
         self._private_key = normalize_private_key(private_key)
+        # A read-only client (--status) refuses every POST to the exchange: no order is possible.
+        self.read_only = read_only
         self.address: str = Account.from_key(self._private_key).address
         self.auth_base_url = auth_base_url.rstrip("/")
         self.perps_base_url = perps_base_url.rstrip("/")
@@ -269,6 +271,7 @@ class StandXAuth:
         self.requests_sent = 0
         self._login_failures = 0
         self._next_login_at = 0.0
+        self.login_failure: str | None = None  # why the last login failed, until one succeeds
         # Calls may overlap (Clock.gather): one lock guards the token and the counters.
         self._lock = threading.RLock()
 
@@ -297,8 +300,9 @@ class StandXAuth:
                 backoff_s = max(backoff_s, exc.retry_after_s)
             self._next_login_at = self.clock.now() + backoff_s
             log.error("login failed (%s): next attempt in %.0f s", exc, backoff_s)
+            self.login_failure = str(exc)
             raise
-        self._login_failures, self._next_login_at = 0, 0.0
+        self._login_failures, self._next_login_at, self.login_failure = 0, 0.0, None
 
     def _sign_in(self) -> None:
         signing_key = SigningKey.generate()
@@ -385,6 +389,8 @@ class StandXAuth:
         On 401 the client logs in again once and retries the call once.
         """
         method = method.upper()
+        if self.read_only and method != "GET":
+            raise StandXError(f"read-only client: {method} {endpoint} refused")
         public = endpoint in PUBLIC_PATHS
         token = None if public else self.get_token()
         try:

@@ -17,9 +17,11 @@ class FakeAuth:
 
     def __init__(self, clock: FakeClock):
         self.clock = clock
+        self.address = "0x00000000000000000000000000000000000000aB"
         self.deadline: float | None = None
         self.requests_sent = 0
         self.logins = 0
+        self.login_failure: str | None = None
 
     def authenticate(self) -> None:
         self.logins += 1

@@ -44,9 +44,10 @@ def wait_until(condition, timeout_s: float) -> bool:
 
 
 def start_daemon_process(url: str, key: str, cwd: Path, **env: str) -> subprocess.Popen:
-    """`python market_maker.py` against the simulator at `url`, output in .stdout."""
+    """`python market_maker.py` against the simulator at `url`, output in .stdout; its state
+    file goes to `cwd`, not into the repository."""
     return subprocess.Popen(
         [sys.executable, str(REPO / "market_maker.py")], cwd=cwd,
         env=clean_env(WALLET_PRIVATE_KEY=key, STANDX_AUTH_BASE_URL=url, STANDX_PERPS_BASE_URL=url,
-                      MARKET_MAKER_CHECK_INTERVAL="0.2", **env),
+                      MARKET_MAKER_CHECK_INTERVAL="0.2", MARKET_MAKER_STATE_DIR=str(cwd), **env),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -12,6 +12,7 @@ import pytest
 import responses
 
 import market_maker as mm
+from tests.sim_process import clean_env
 
 REPO = Path(__file__).resolve().parent.parent
 KEY_HEX = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
@@ -97,13 +98,6 @@ def test_equal_min_target_max_is_allowed():
     config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "MARKET_MAKER_TARGET_BPS": "8",
                              "MARKET_MAKER_MIN_BPS": "8", "MARKET_MAKER_MAX_BPS": "8"})
     assert config.band == mm.Band(Decimal(8), Decimal(8), Decimal(8))
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MARKET_MAKER_", "STANDX_", "WALLET_", "LOG_LEVEL"))}
-    env.update(extra)
-    return env
 
 
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

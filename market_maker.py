@@ -1,10 +1,11 @@
 """StandX Perps market maker: one post-only buy and one post-only sell around the mark price.
 
-Every CHECK_INTERVAL the loop (1) closes any position at once with a reduce-only IOC market
-order, (2) checks our orders against the exchange when one needs confirming or the audit is
-due, (3) reads the mark price last and requotes at once when a side is missing or has drifted
-out of the band (both sides are re-centred together). Every 10 loops it reads the balance and
-widens the band when the balance is low. SIGTERM/SIGINT: finish the loop, cancel, confirm.
+Every CHECK_INTERVAL the loop reads, in one round trip, the position, the mark price, our
+orders (when one needs confirming or the audit is due) and every 10th loop the balance; then
+(1) closes any position at once with a reduce-only IOC market order, (2) reconciles our
+orders, (3) requotes at once when a side is missing or has drifted out of the band (both
+sides re-centred together). A low balance widens the band. SIGTERM/SIGINT/SIGHUP: finish the
+loop, cancel our orders, confirm, close any position, exit.
 """
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ SIDES = (BUY, SELL)
 # Our orders, and only ours, start with this: a person's manual orders are never touched.
 CL_ORD_ID_PREFIX = "sxmm"
 LIVE_STATUSES = frozenset({"new", "open", "partially_filled"})
+# Only these mean an order is over; any other status (or none) is treated as still live, so an
+# unexpected spelling can never make us forget an order that rests.
+FINAL_STATUSES = frozenset({"filled", "canceled", "cancelled", "rejected", "expired"})
+# Ask for the exchange's largest page: a list cut short could hide an order of ours.
+OPEN_ORDERS_LIMIT = 1200
+# The symbol's tick and lot can change: read them again this often.
+RULES_REFRESH_S = 300.0
 BALANCE_CHECK_EVERY_LOOPS = 10
 # An order not visible after this long is treated as lost (cancelled by id if it shows up).
 ORDER_VISIBLE_TIMEOUT_S = 3.0
@@ -263,6 +271,8 @@ def signed_position(rows: Any, symbol: str) -> Decimal:
         if row.get("symbol") != symbol:
             continue
         qty = Decimal(str(row["qty"]))
+        if not qty.is_finite():
+            raise ValueError("position qty is not a number")
         side = str(row.get("side") or "").lower()
         if side in ("short", SELL):
             qty = -abs(qty)
@@ -286,7 +296,7 @@ def is_our_order(order: Mapping[str, Any]) -> bool:
 
 
 def is_live(order: Mapping[str, Any]) -> bool:
-    return str(order.get("status", "")).lower() in LIVE_STATUSES
+    return str(order.get("status") or "").lower() not in FINAL_STATUSES
 
 
 # ---- state ---------------------------------------------------------------------------------
@@ -373,7 +383,9 @@ def reward_summary(uptime: UptimeTracker, now: float) -> str:
 
 def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
     """Tick, lot and minimum size of the symbol from query_symbol_info."""
-    row = next((r for r in rows or [] if isinstance(r, dict) and r.get("symbol") == symbol), None)
+    if not isinstance(rows, list):
+        raise StandXError("symbol info answer malformed", 200)  # a read to retry
+    row = next((r for r in rows if isinstance(r, dict) and r.get("symbol") == symbol), None)
     if row is None:
         raise ConfigError("MARKET_MAKER_SYMBOL", f"{symbol} is not listed by the exchange")
     try:
@@ -406,6 +418,8 @@ class MarketMaker:
         self.clock: Clock = clock or auth.clock
         self.run_id = run_id or secrets.token_hex(3)
         self.rules: SymbolRules | None = None
+        self.rules_read_at = float("-inf")
+        self.qty = config.qty
         self.mode = NORMAL
         self.band = config.band
         self.balance: Decimal | None = None
@@ -442,14 +456,40 @@ class MarketMaker:
     def start(self) -> None:
         """Log in, load the symbol's rules, cancel our leftovers, read the balance."""
         self.auth.authenticate()
-        self.rules = parse_symbol_rules(api.query_symbol_info(self.auth, self.config.symbol),
-                                        self.config.symbol)
-        check_qty(self.config.qty, self.rules)
+        self._set_rules(parse_symbol_rules(api.query_symbol_info(self.auth, self.config.symbol),
+                                           self.config.symbol))
+        if self.config.time_in_force == "gtc":
+            log.warning("MARKET_MAKER_TIME_IN_FORCE=gtc: a quote can take liquidity if the book "
+                        "moves onto it before it rests; alo (post-only) is safer")
         leftovers = [o["cl_ord_id"] for o in self._read_open_orders_or_raise() if is_our_order(o)]
         if leftovers:
             log.info("cancelling %d order(s) of ours left by an earlier run", len(leftovers))
             self._cancel_ids(leftovers)
         self._set_mode(self._read_balance_or_raise(), initial=True)
+
+    def _set_rules(self, rules: SymbolRules) -> None:
+        """Tick, lot and minimum size; the quote size goes out with exactly the lot's decimals."""
+        check_qty(self.config.qty, rules)
+        if self.rules is not None and rules != self.rules:
+            log.info("symbol rules changed: %s", rules)
+        self.rules, self.rules_read_at = rules, self.clock.now()
+        self.qty = self.config.qty.quantize(rules.lot)
+
+    def _apply_new_rules(self, rules: SymbolRules) -> None:
+        try:
+            self._set_rules(rules)
+        except ConfigError as exc:
+            log.error("the exchange changed the symbol's rules: %s", exc)
+            self.exit_code = EXIT_CONFIG
+            self.request_stop("MARKET_MAKER_QTY no longer fits the symbol's rules")
+
+    def _read_rules(self) -> SymbolRules | None:
+        try:
+            return parse_symbol_rules(api.query_symbol_info(self.auth, self.config.symbol),
+                                      self.config.symbol)
+        except (StandXError, ConfigError) as exc:
+            log.warning("symbol rules read failed (%s): keeping the current ones", exc)
+            return None
 
     def start_with_retry(self) -> bool:
         """start(), retried with backoff while the exchange is unreachable; False if stopped."""
@@ -470,15 +510,22 @@ class MarketMaker:
             return EXIT_OK
         self.alerter.send("start", f"started: {describe(self.config)}, balance {self.balance}, "
                                    f"mode {self.mode}")
+        try:
+            self._loop(duration_s)
+        except Exception:  # a bug must not leave our orders resting: stop cleanly, then exit 1
+            log.exception("unexpected error: stopping")
+            self.exit_code = EXIT_ERROR
+            self.request_stop("unexpected error")
+        return self.exit_code if self.shutdown() else EXIT_ERROR
+
+    def _loop(self, duration_s: float | None) -> None:
         ends_at = None if duration_s is None else self.clock.now() + duration_s
         while not self.stop_requested:
             started = self.clock.now()
             self.run_once()
             if ends_at is not None and self.clock.now() >= ends_at:
                 self.request_stop("duration reached")
-            if not self.stop_requested:
-                self.clock.sleep(max(self.config.check_interval_s - (self.clock.now() - started), 0.0))
-        return self.exit_code if self.shutdown() else EXIT_ERROR
+            sleep_until(self.clock, started + self.config.check_interval_s, lambda: self.stop_requested)
 
     # -- one loop --
 
@@ -506,16 +553,22 @@ class MarketMaker:
             reads["orders"] = self._read_open_orders
         if self.iteration % BALANCE_CHECK_EVERY_LOOPS == 0:
             reads["balance"] = self._read_balance
+        if self.clock.now() - self.rules_read_at >= RULES_REFRESH_S:
+            reads["rules"] = self._read_rules
         reads["market"] = self._read_market
         got = dict(zip(reads, self.clock.gather(list(reads.values()))))
         if got.get("balance") is not None:
             self._set_mode(got["balance"])
+        if got.get("rules") is not None:
+            self._apply_new_rules(got["rules"])
         position = got["position"]
         if position is None:
             return False
         self._note_position(position)
         if position != 0:
             self.close_position(position)
+            self._cancel_orders([o for o in self.orders
+                                 if not o.cancelling and self.side_blocked_by_position(o.side)])
         if "orders" in got:
             if got["orders"] is None:
                 return False
@@ -621,10 +674,12 @@ class MarketMaker:
             return None
 
     def _read_open_orders_or_raise(self) -> list[dict[str, Any]]:
-        answer = api.query_open_orders(self.auth, self.config.symbol)
+        answer = api.query_open_orders(self.auth, self.config.symbol, limit=OPEN_ORDERS_LIMIT)
         rows = answer.get("result") if isinstance(answer, dict) else None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise StandXError("open orders answer malformed", 200)
+        if isinstance(answer.get("total"), int) and answer["total"] > len(rows):
+            raise StandXError(f"open orders list incomplete ({len(rows)} of {answer['total']})", 200)
         return [r for r in rows if r.get("symbol", self.config.symbol) == self.config.symbol and is_live(r)]
 
     def _read_balance_or_raise(self) -> Decimal:
@@ -633,9 +688,12 @@ class MarketMaker:
         if value is None and isinstance(snapshot, dict):
             value = snapshot.get("equity")
         try:
-            return Decimal(str(value))
+            balance = Decimal(str(value))
         except InvalidOperation:
-            raise StandXError("balance answer malformed", 200) from None
+            balance = Decimal("NaN")
+        if not balance.is_finite():
+            raise StandXError("balance answer malformed", 200)
+        return balance
 
     # -- our orders --
 
@@ -653,7 +711,7 @@ class MarketMaker:
                     self._cancel_orders([order])
             elif not order.seen and now - order.sent_at < ORDER_VISIBLE_TIMEOUT_S:
                 status = self._look_up(order) if now - order.sent_at >= LOOKUP_AFTER_S else None
-                if status is None or status in LIVE_STATUSES:
+                if status is None or status not in FINAL_STATUSES:
                     order.seen = status is not None
                     kept.append(order)  # still in flight, or live after all
                 elif not order.cancelling:
@@ -721,11 +779,17 @@ class MarketMaker:
         self.place_quotes([(side, self._price_for(side, market)) for side in sides], replacing=old)
 
     def _requote_cancel_first(self, market: Market) -> None:
-        """The original strategy: cancel everything, wait, place both sides afresh."""
+        """The original strategy: cancel everything, wait, place both sides afresh (priced from
+        a fresh read: the market and the position may have moved during the pause)."""
         self._cancel_orders([o for o in self.orders if not o.cancelling])
         self.requotes += 1
         self.clock.sleep(CANCEL_FIRST_PAUSE_S)
-        self.place_quotes([(side, self._price_for(side, market)) for side in SIDES
+        position, fresh = self.clock.gather([self._read_position, self._read_market])
+        if position is None or fresh is None:
+            return  # unknown: the next loop places them
+        self._note_position(position)
+        self.market = fresh
+        self.place_quotes([(side, self._price_for(side, fresh)) for side in SIDES
                            if not self.side_blocked_by_position(side)])
 
     def _price_for(self, side: str, market: Market) -> Decimal:
@@ -749,6 +813,10 @@ class MarketMaker:
         if replacing:
             calls.append(partial(self._send_cancel, self._mark_cancelled(replacing)))
         errors = self.clock.gather(calls)[:len(orders)]
+        for order in orders:
+            # Visibility is timed from the answer: a request that timed out after 10 s must still
+            # get its full chance to show up (and its lookup) before it counts as lost.
+            order.sent_at = self.clock.now()
         for order, error in zip(orders, errors):
             if isinstance(error, UnknownOutcomeError):
                 log.warning("%s order %s outcome unknown (%s): not re-sending, looking for it",
@@ -761,11 +829,11 @@ class MarketMaker:
     def _send_quote(self, order: OurOrder) -> StandXError | None:
         """The new_order request alone (it may run on another thread): the error, if any."""
         try:
-            api.new_limit_order(self.auth, self.config.symbol, order.side, self.config.qty,
+            api.new_limit_order(self.auth, self.config.symbol, order.side, self.qty,
                                 order.price, self.config.time_in_force, cl_ord_id=order.cl_ord_id)
         except StandXError as exc:
             return exc
-        log.debug("placed %s %s @ %s (%s)", order.side, self.config.qty, order.price, order.cl_ord_id)
+        log.debug("placed %s %s @ %s (%s)", order.side, self.qty, order.price, order.cl_ord_id)
         return None
 
     def _look_up(self, order: OurOrder) -> str | None:
@@ -1005,8 +1073,9 @@ def describe(config: Config) -> str:
 def install_signal_handlers(maker: MarketMaker) -> None:
     def handle(signum: int, _frame: Any) -> None:
         maker.request_stop(signal.Signals(signum).name)
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+    # SIGHUP too: closing the terminal that runs the daemon must not leave orders behind.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, handle)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 DEFAULT_AUTH_BASE_URL = "https://api.standx.com"
 DEFAULT_PERPS_BASE_URL = "https://perps.standx.com"
 CHAIN = "bsc"
-AUTH_PATH_PREFIX = "/v1/offchain/"
 TOKEN_LIFETIME_S = 7 * 24 * 3600
 # Re-login this long before the token expires, so no call ever races the expiry.
 RELOGIN_MARGIN_S = 3600
@@ -49,8 +48,8 @@ SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD036
 
 
 T = TypeVar("T")
-# Enough threads for the most requests the daemon overlaps (three reads per loop).
-GATHER_THREADS = 4
+# Enough threads for the most requests the daemon overlaps (up to five reads in a loop).
+GATHER_THREADS = 5
 
 
 class Clock(Protocol):
@@ -245,7 +244,8 @@ class StandXAuth:
     """The logged-in client: token, Ed25519 request key, one requests.Session.
 
     `make_api_call` is the only way to the exchange. Reads are retried on network errors;
-    signed writes never are (an unanswered write raises UnknownOutcomeError).
+    signed writes never are (an unanswered write raises UnknownOutcomeError). Any call refused
+    with 401 (so not applied) is sent once more after a new login.
     """
 
     def __init__(self, private_key: str, *, auth_base_url: str = DEFAULT_AUTH_BASE_URL,
@@ -370,12 +370,20 @@ class StandXAuth:
 
     # ---- signing -----------------------------------------------------------------------
 
-    def _body_signature_headers(self, payload_str: str) -> dict[str, str]:
+    def _body_signature_headers(self, payload_str: str,
+                                signing_key: SigningKey | None = None) -> dict[str, str]:
         """Fresh id and timestamp for every call, signed with the key bound to our token."""
-        if self._signing_key is None:
+        signing_key = signing_key or self._signing_key
+        if signing_key is None:
             raise AuthError("not logged in: no request signing key yet")
         timestamp_ms = int((self.clock.now() + self.time_offset_s) * 1000)
-        return sign_request(self._signing_key, str(uuid.uuid4()), timestamp_ms, payload_str)
+        return sign_request(signing_key, str(uuid.uuid4()), timestamp_ms, payload_str)
+
+    def _credentials(self) -> tuple[str, SigningKey | None]:
+        """The token and the signing key bound to it, taken together: another thread's
+        re-login must not pair an old token with a new key."""
+        with self._lock:
+            return self.get_token(), self._signing_key
 
     # ---- calls -------------------------------------------------------------------------
 
@@ -392,28 +400,29 @@ class StandXAuth:
         if self.read_only and method != "GET":
             raise StandXError(f"read-only client: {method} {endpoint} refused")
         public = endpoint in PUBLIC_PATHS
-        token = None if public else self.get_token()
+        credentials = None if public else self._credentials()
         try:
-            return self._call_once(endpoint, method, data, params, headers_extra, raw_body, token)
+            return self._call_once(endpoint, method, data, params, headers_extra, raw_body, credentials)
         except AuthError as exc:
-            if exc.status != 401 or token is None:
+            if exc.status != 401 or credentials is None:
                 raise
-            self._token_refused(token)
+            self._token_refused(credentials[0])
             return self._call_once(endpoint, method, data, params, headers_extra, raw_body,
-                                   self.get_token())
+                                   self._credentials())
 
     def _call_once(self, endpoint: str, method: str, data: Any, params: dict[str, Any] | None,
                    headers_extra: dict[str, str] | None, raw_body: str | None,
-                   token: str | None) -> Any:
+                   credentials: tuple[str, SigningKey | None] | None) -> Any:
         headers = dict(headers_extra or {})
         body: str | None = None
+        token, signing_key = credentials or (None, None)
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         if method == "POST":
             # Serialize once and send exactly the signed string: any re-encoding breaks the signature.
             body = raw_body if raw_body is not None else json.dumps(data or {}, separators=(",", ":"))
             headers["Content-Type"] = "application/json"
-            headers.update(self._body_signature_headers(body))
+            headers.update(self._body_signature_headers(body, signing_key))
         response = self._send(method, self.perps_base_url + endpoint, params=params, data=body,
                               headers=headers, is_write=method == "POST")
         return self._decode(response, is_write=method == "POST")
@@ -498,4 +507,5 @@ class StandXAuth:
         wait_s = self.backoff_until - self.clock.now()
         if wait_s > 0:
             log.info("rate limited: waiting %.1f s before the next request", wait_s)
-            sleep_until(self.clock, self.backoff_until, self._past_deadline)
+            # A stop request ends the wait: cancelling our orders matters more than the pause.
+            sleep_until(self.clock, self.backoff_until, lambda: self.deadline is not None)

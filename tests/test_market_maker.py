@@ -297,9 +297,10 @@ def test_cancel_first_mode_cancels_waits_one_second_then_places_both(exchange):
     maker.run_once()
     exchange.prices["mark_price"] = "100.05"
     step(maker)
-    assert calls_after_last(exchange, "query_symbol_price") == \
-        ["cancel_orders", "new_limit_order", "new_limit_order"]
-    assert maker.clock.sleeps[-1] == mm.CANCEL_FIRST_PAUSE_S
+    # After the pause, the position and the price are read again before placing.
+    assert exchange.names()[-5:] == ["cancel_orders", "query_positions", "query_symbol_price",
+                                     "new_limit_order", "new_limit_order"]
+    assert mm.CANCEL_FIRST_PAUSE_S in maker.clock.sleeps
 
 
 def test_gtc_time_in_force_is_passed_through(exchange):
@@ -522,3 +523,108 @@ def test_status_line_shows_mode_distances_and_counters(maker, exchange):
     assert "mode=normal" in line and "mark=100" in line
     assert "buy 7.50bps" in line and "sell 7.50bps" in line
     assert "requotes=0" in line and "fills=0" in line and "req/s=" in line
+
+
+# ---- review fixes -------------------------------------------------------------------------------
+
+def test_an_unexpected_error_still_cancels_our_orders_and_exits_1(exchange):
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY})
+    clock = FakeClock()
+    maker = mm.MarketMaker(config, FakeAuth(clock), clock=clock)
+    calls = []
+
+    def broken_requote(market):
+        calls.append(market)
+        if len(calls) == 3:
+            raise RuntimeError("a bug")
+        return mm.MarketMaker.requote(maker, market)
+    maker.requote = broken_requote
+    assert maker.run() == mm.EXIT_ERROR
+    assert exchange.ours() == []
+
+
+@pytest.mark.parametrize("answer", [{"balance": "NaN"}, {"balance": "Infinity"}, {"balance": "x"}])
+def test_a_balance_that_is_not_a_number_is_a_failed_read(maker, exchange, answer):
+    exchange.balance = answer
+    for _ in range(mm.BALANCE_CHECK_EVERY_LOOPS):
+        step(maker)
+    assert maker.mode == "normal" and maker.balance == Decimal("1000")
+
+
+def test_a_position_that_is_not_a_number_is_a_failed_read():
+    with pytest.raises(ValueError):
+        mm.signed_position([{"symbol": "BTC-USD", "qty": "NaN"}], "BTC-USD")
+
+
+def test_orders_on_the_side_that_grows_the_position_are_cancelled(maker, exchange):
+    maker.run_once()
+    step(maker)
+    buy = exchange.ours("buy")[0]
+    buy["status"] = "partially_filled"  # part of our bid was taken: we are long, the rest rests
+    exchange.position = Decimal("0.002")
+    step(maker)
+    assert buy["cl_ord_id"] in exchange.calls_of("cancel_orders")[-1]["cl_ord_ids"]
+    assert exchange.ours("sell")  # the side that reduces the position stays
+
+
+@pytest.mark.parametrize("status", [None, "", "pending", "NEW", "Open"])
+def test_an_order_with_an_unexpected_status_counts_as_live(status):
+    assert mm.is_live({"status": status}) is True
+
+
+@pytest.mark.parametrize("status", ["filled", "canceled", "cancelled", "REJECTED", "expired"])
+def test_only_final_statuses_end_an_order(status):
+    assert mm.is_live({"status": status}) is False
+
+
+def test_an_incomplete_open_orders_page_is_a_failed_read(maker, exchange, monkeypatch):
+    full = exchange.query_open_orders
+    monkeypatch.setattr(exchange, "query_open_orders",
+                        lambda auth, symbol=None, limit=None: {**full(auth, symbol), "total": 5000})
+    step(maker, mm.AUDIT_EVERY_S)
+    assert placed(exchange) == []
+
+
+def test_unknown_outcome_gets_its_full_visibility_time_after_a_long_timeout(maker, exchange, monkeypatch):
+    send = exchange.new_limit_order
+
+    def slow_timeout(*args, **kwargs):
+        maker.clock.sleep(10)  # the request times out after the read timeout...
+        send(*args, **kwargs)  # ...although the exchange took it
+        raise UnknownOutcomeError("ReadTimeout")
+    monkeypatch.setattr(exchange, "new_limit_order", slow_timeout)
+    exchange.open.clear()
+    maker.run_once()
+    monkeypatch.setattr(exchange, "new_limit_order", send)
+    exchange.open.clear()  # not visible yet at the next read
+    step(maker)
+    assert len(maker.orders) == 2  # still looked for, not dropped as lost
+    assert len(placed(exchange)) == 2  # the first two only: no second order on either side
+
+
+def test_symbol_rules_are_read_again_and_the_qty_follows_the_lot(maker, exchange):
+    exchange.symbol_info[0]["qty_tick_decimals"] = 3
+    step(maker, mm.RULES_REFRESH_S)
+    assert maker.rules.lot == Decimal("0.001") and str(maker.qty) == "0.005"
+
+
+def test_rules_that_no_longer_fit_the_qty_stop_the_daemon_with_exit_2(maker, exchange):
+    exchange.symbol_info[0]["min_order_qty"] = "0.01"
+    step(maker, mm.RULES_REFRESH_S)
+    assert maker.stop_requested and maker.exit_code == mm.EXIT_CONFIG
+
+
+def test_a_stop_request_cuts_the_loop_sleep_short(exchange):
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "MARKET_MAKER_CHECK_INTERVAL": "60"})
+    clock = FakeClock()
+    maker = mm.MarketMaker(config, FakeAuth(clock), clock=clock)
+    sleep = clock.sleep
+
+    def sleep_then_stop(seconds):
+        sleep(seconds)
+        if clock.now() - maker.started_at > 5:
+            maker.request_stop("SIGTERM")
+    clock.sleep = sleep_then_stop
+    started = clock.now()
+    maker.run()
+    assert clock.now() - started < 15

@@ -510,6 +510,7 @@ class MarketMaker:
             return EXIT_OK
         self.alerter.send("start", f"started: {describe(self.config)}, balance {self.balance}, "
                                    f"mode {self.mode}")
+        self.write_state()
         try:
             self._loop(duration_s)
         except Exception:  # a bug must not leave our orders resting: stop cleanly, then exit 1

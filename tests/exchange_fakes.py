@@ -149,3 +149,8 @@ class FakeLogin:
         self.tokens.append(token)
         return 200, {}, json.dumps({"token": token, "address": WALLET_ADDRESS, "alias": "t",
                                     "chain": "bsc", "perpsAlpha": True})
+
+
+def perps_calls(rsps) -> list:
+    """The calls a `responses` mock saw on the perps host."""
+    return [c for c in rsps.calls if c.request.url.startswith(PERPS)]

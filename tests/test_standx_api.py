@@ -13,37 +13,11 @@ import pytest
 import responses
 
 import standx_api as api
-from standx_auth import StandXAuth, StandXError
-from tests.exchange_fakes import (AUTH, PERPS, WALLET_KEY, FakeClock, FakeLogin, query_of,
-                                  request_key, verify_signed)
+from standx_auth import StandXError
+from tests.exchange_fakes import PERPS, perps_calls, query_of, request_key, verify_signed
 
 PUBLIC = {"query_symbol_info", "query_symbol_price"}
 DOC_CALL = re.compile(r"\b(GET|POST) (/api/\w+)")
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-def login(rsps, clock):
-    return FakeLogin(rsps, clock)
-
-
-@pytest.fixture
-def auth(clock):
-    return StandXAuth(WALLET_KEY, auth_base_url=AUTH, perps_base_url=PERPS, clock=clock)
-
-
-def perps_calls(rsps):
-    return [c for c in rsps.calls if c.request.url.startswith(PERPS)]
 
 
 def documented_call(func) -> tuple[str, str]:

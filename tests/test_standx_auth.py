@@ -22,39 +22,14 @@ from standx_auth import (AuthError, RateLimitError, SignatureExpiredError, Stand
                          StandXError, UnknownOutcomeError, normalize_private_key,
                          sign_login_message, sign_request)
 from tests.exchange_fakes import (AUTH, OTHER_ADDRESS, PERPS, WALLET_ADDRESS, WALLET_KEY,
-                                  FakeClock, FakeLogin, jwt_payload, query_of, request_key,
-                                  signin_message, verify_signed)
+                                  FakeLogin, jwt_payload, perps_calls, query_of,
+                                  request_key, signin_message, verify_signed)
 
 ORDER = {"symbol": "BTC-USD", "side": "buy", "order_type": "limit", "qty": "0.001",
          "price": "50000.1", "time_in_force": "alo", "reduce_only": False}
 HTML_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
             "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
             "</body>\r\n</html>\r\n")
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-def login(rsps, clock):
-    return FakeLogin(rsps, clock)
-
-
-@pytest.fixture
-def auth(clock):
-    return StandXAuth(WALLET_KEY, auth_base_url=AUTH, perps_base_url=PERPS, clock=clock)
-
-
-def perps_calls(rsps):
-    return [c for c in rsps.calls if c.request.url.startswith(PERPS)]
 
 
 # ---- 1. known-answer vectors -------------------------------------------------------------

@@ -583,12 +583,19 @@ class MarketMaker:
         return True
 
     def quoting_both_sides(self) -> bool:
-        """Both sides have a resting quote of ours within the reward band of the last mark."""
+        """Both sides have a resting quote of ours within the reward band of the last mark.
+        An order being replaced still counts: it rests until its cancel takes effect."""
         if self.market is None:
             return False
         mark = self.market.mark
-        return all(any(o.seen and 0 <= distance_bps(side, o.price, mark) <= REWARD_BAND_BPS
-                       for o in self._active(side)) for side in SIDES)
+        return all(any(0 <= distance_bps(side, o.price, mark) <= REWARD_BAND_BPS
+                       for o in self._resting(side)) for side in SIDES)
+
+    def _resting(self, side: str) -> list[OurOrder]:
+        """Our orders on this side last seen resting (a cancelled one until seen gone), newest
+        first."""
+        return sorted((o for o in self.orders if o.side == side and o.seen),
+                      key=lambda o: o.sent_at, reverse=True)
 
     def audit_due(self) -> bool:
         """Time to check the exchange's list for what local state cannot see (strays, orders
@@ -976,7 +983,7 @@ class MarketMaker:
         mark = self.market.mark if self.market else None
         sides = []
         for side in SIDES:
-            live = [o for o in self._active(side) if o.seen]
+            live = self._resting(side)
             sides.append(f"{side} {distance_bps(side, live[0].price, mark):.2f}bps"
                          if live and mark else f"{side} -")
         now = self.clock.now()

@@ -628,3 +628,14 @@ def test_a_stop_request_cuts_the_loop_sleep_short(exchange):
     started = clock.now()
     maker.run()
     assert clock.now() - started < 15
+
+
+def test_quotes_being_replaced_still_count_as_resting_until_seen_gone(maker, exchange):
+    maker.run_once()
+    step(maker)  # both quotes seen
+    assert maker.quoting_both_sides()
+    exchange.prices["mark_price"] = "100.006"  # the sell drifts to 6.9 bps: both are re-centred
+    step(maker)
+    assert maker.requotes == 1
+    assert maker.quoting_both_sides()  # the old pair rests, within 10 bps, until the cancels land
+    assert "buy 8.10bps" in maker.status_line() and "sell 6.90bps" in maker.status_line()

@@ -38,7 +38,6 @@ BUY, SELL = "buy", "sell"
 SIDES = (BUY, SELL)
 # Our orders, and only ours, start with this: a person's manual orders are never touched.
 CL_ORD_ID_PREFIX = "sxmm"
-LIVE_STATUSES = frozenset({"new", "open", "partially_filled"})
 # Only these mean an order is over; any other status (or none) is treated as still live, so an
 # unexpected spelling can never make us forget an order that rests.
 FINAL_STATUSES = frozenset({"filled", "canceled", "cancelled", "rejected", "expired"})

@@ -44,7 +44,8 @@ WAIT_SLICE_S = 0.5
 PUBLIC_PATHS = frozenset({"/api/query_symbol_info", "/api/query_symbol_price", "/api/health"})
 CLOCK_HINT = "the server clock looks wrong: sync it (sudo timedatectl set-ntp true)"
 _MAX_MESSAGE_CHARS = 200
-SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+# n, the order of the secp256k1 curve: a wallet key must lie in [1, n).
+SECP256K1_ORDER = 115792089237316195423570985008687907852837564279074904382605163141518161494337
 
 
 T = TypeVar("T")

@@ -754,6 +754,8 @@ class MarketMaker:
         return (self.position > 0 and side == BUY) or (self.position < 0 and side == SELL)
 
     def requote(self, market: Market) -> None:
+        if self.stop_requested:
+            return  # stopping: no new quote, only cancels (a position is still closed)
         quotable = [s for s in SIDES if not self.side_blocked_by_position(s)]
         if not any(self.side_needs_requote(s, market.mark) for s in quotable):
             return

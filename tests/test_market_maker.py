@@ -639,3 +639,9 @@ def test_quotes_being_replaced_still_count_as_resting_until_seen_gone(maker, exc
     assert maker.requotes == 1
     assert maker.quoting_both_sides()  # the old pair rests, within 10 bps, until the cancels land
     assert "buy 8.10bps" in maker.status_line() and "sell 6.90bps" in maker.status_line()
+
+
+def test_no_new_quote_once_a_stop_is_requested(maker, exchange):
+    maker.request_stop("SIGTERM")
+    maker.run_once()
+    assert placed(exchange) == []

@@ -20,6 +20,7 @@ import signal
 import socket
 import stat
 import sys
+import threading
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from functools import partial
@@ -71,7 +72,13 @@ UPTIME_WINDOW_S = 3600
 DEFAULT_STATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "logs")
 LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 5
-STOP_DEADLINE_S = 14.0
+# The stop budget, from the stop request: the interrupted loop's requests get LOOP_GRACE_S,
+# the clean stop (cancel, confirm, close) ends by STOP_DEADLINE_S, and after a signal a
+# watchdog ends the process at HARD_STOP_S whatever the exchange does (a request already
+# waiting can overrun its deadline by one read timeout).
+LOOP_GRACE_S = 4.0
+STOP_DEADLINE_S = 13.0
+HARD_STOP_S = 14.5
 STOP_POLL_S = 0.3
 # This many loops in a row without a decision (failed reads) raise the "failures" alert.
 FAILED_LOOPS_ALERT = 20
@@ -437,6 +444,7 @@ class MarketMaker:
         self.last_status_at = self.started_at
         self.uptime = UptimeTracker()
         self.stop_requested = False
+        self.stop_requested_at = 0.0
         self.stop_reason = ""
         self.exit_code = EXIT_OK
         self.failed_loops = 0
@@ -445,12 +453,13 @@ class MarketMaker:
     # -- lifecycle --
 
     def request_stop(self, reason: str = "stop requested") -> None:
-        """Finish the current loop, then stop; every request from now on fits the deadline."""
+        """Finish the current loop (its requests cut to LOOP_GRACE_S), then stop cleanly."""
         if not self.stop_requested:
             # Called from the signal handler too: log only (an alert is sent from the loop).
             log.info("%s: stopping (cancelling our orders)", reason)
             self.stop_requested, self.stop_reason = True, reason
-            self.auth.deadline = self.clock.now() + STOP_DEADLINE_S
+            self.stop_requested_at = self.clock.now()
+            self.auth.deadline = self.stop_requested_at + LOOP_GRACE_S
 
     def start(self) -> None:
         """Log in, load the symbol's rules, cancel our leftovers, read the balance."""
@@ -792,7 +801,9 @@ class MarketMaker:
         a fresh read: the market and the position may have moved during the pause)."""
         self._cancel_orders([o for o in self.orders if not o.cancelling])
         self.requotes += 1
-        self.clock.sleep(CANCEL_FIRST_PAUSE_S)
+        sleep_until(self.clock, self.clock.now() + CANCEL_FIRST_PAUSE_S, lambda: self.stop_requested)
+        if self.stop_requested:
+            return
         position, fresh = self.clock.gather([self._read_position, self._read_market])
         if position is None or fresh is None:
             return  # unknown: the next loop places them
@@ -905,7 +916,8 @@ class MarketMaker:
     def shutdown(self) -> bool:
         """Cancel every order of ours and confirm none is left; close any position. True if clean."""
         self.request_stop()
-        deadline = self.auth.deadline or self.clock.now() + STOP_DEADLINE_S
+        # The stop gets its own budget, whatever the interrupted loop used of the grace period.
+        deadline = self.auth.deadline = self.stop_requested_at + STOP_DEADLINE_S
         self._cancel_ids([o.cl_ord_id for o in self.orders])
         clean = False
         while self.clock.now() < deadline:
@@ -1062,8 +1074,9 @@ def setup_logging(level: str, log_file: str | None = None) -> None:
         handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # urllib3's DEBUG lines carry request paths, and a Telegram path carries the bot token.
-    logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLogger().level))
+    # urllib3 quotes request URLs in its log lines (a Telegram URL carries the bot token, a
+    # webhook URL may carry a secret): only our own lines reach the log.
+    logging.getLogger("urllib3").setLevel(logging.CRITICAL)
 
 
 def state_file_path(config: Config, address: str) -> str:
@@ -1081,6 +1094,8 @@ def describe(config: Config) -> str:
 
 def install_signal_handlers(maker: MarketMaker) -> None:
     def handle(signum: int, _frame: Any) -> None:
+        if not maker.stop_requested:
+            arm_hard_stop()
         maker.request_stop(signal.Signals(signum).name)
     # SIGHUP too: closing the terminal that runs the daemon must not leave orders behind.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -1105,7 +1120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration OK: {describe(config)}")
         return EXIT_OK
     if args.status:
-        setup_logging("WARNING")
+        setup_logging("CRITICAL")  # the one line below says what failed
         return show_status(config)
     setup_logging(config.log_level, args.log_file)
     if args.simulate:
@@ -1178,13 +1193,26 @@ def read_state(path: str, now: float) -> str:
             state = json.load(handle)
         age_s = now - float(state["updated_at"])
     except (OSError, ValueError, KeyError, TypeError):
-        return "no state file: not running on this machine, or not for 60 s yet"
+        return "no state file: not running on this machine"
     if not state.get("running"):
         return f"stopped {age_s:.0f} s ago"
     if age_s > 3 * STATUS_EVERY_S:
         return f"no news for {age_s:.0f} s (stopped or stuck?); last: {state.get('uptime')}"
     return (f"running (pid {state.get('pid')}, {age_s:.0f} s ago): mode {state.get('mode')}, "
             f"{state.get('uptime')}, requotes {state.get('requotes')}, fills {state.get('fills')}")
+
+
+def arm_hard_stop() -> None:
+    """Last resort of a stop: end the process HARD_STOP_S after the signal even if a request
+    hangs past its timeouts (the next start cancels any order of ours left behind)."""
+    def hard_exit() -> None:
+        log.critical("stop took longer than %.1f s: exiting now; orders of ours may be left "
+                     "(the next start cancels them)", HARD_STOP_S)
+        logging.shutdown()
+        os._exit(EXIT_ERROR)
+    timer = threading.Timer(HARD_STOP_S, hard_exit)
+    timer.daemon = True
+    timer.start()
 
 
 def hold_instance_lock(address: str, symbol: str) -> socket.socket:

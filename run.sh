@@ -58,7 +58,7 @@ fi
 # which would silently give every NAME the same exported key or setting.
 for var in $(compgen -e); do
     case "$var" in
-        MARKET_MAKER_*|STANDX_*|WALLET_*|LOG_LEVEL)
+        MARKET_MAKER_*|STANDX_*|WALLET_*|ALERT_*|LOG_LEVEL)
             echo "Note: ignoring $var from the environment; settings come from $env_file"
             unset "$var" ;;
     esac
@@ -78,19 +78,9 @@ if ! flock -n 9; then
     exit 1
 fi
 
-# We hold the lock, so no daemon started by this script runs under this NAME.
+# We hold the lock, so no daemon runs under this NAME: any PID file is left from a crash.
 if [ -f "$pid_file" ]; then
-    pid=$(cat "$pid_file" 2>/dev/null || true)
-    args=""
-    if [[ "$pid" =~ ^[0-9]+$ ]]; then
-        args=$(ps -p "$pid" -o args= 2>/dev/null || true)
-    fi
-    if [[ "$args" == *market_maker.py* ]] && { [[ "$args" != *--log-file* ]] || [[ "$args" == *"--log-file $log_file"* ]]; }; then
-        # A daemon started without the lock (by an older run.sh): do not start a second one.
-        echo "Already running: $label (PID $pid, started without $lock_file). Stop it first with: $stop_cmd" >&2
-        exit 1
-    fi
-    echo "Note: replacing stale $pid_file (PID ${pid:-?} is not running the market maker)."
+    echo "Note: replacing stale $pid_file (PID $(cat "$pid_file" 2>/dev/null || echo ?) is not our daemon)."
     rm -f "$pid_file"
 fi
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import base58
 import requests
+import urllib3
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from nacl.signing import SigningKey
@@ -30,8 +31,12 @@ CHAIN = "bsc"
 TOKEN_LIFETIME_S = 7 * 24 * 3600
 # Re-login this long before the token expires, so no call ever races the expiry.
 RELOGIN_MARGIN_S = 3600
-CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 3.0
+READ_TIMEOUT_S = 5.0
+# A whole answer must arrive within this, however slowly the server trickles it: a read
+# timeout alone only bounds the wait for each next byte.
+REQUEST_TOTAL_S = 8.0
+BODY_CHUNK_BYTES = 65536
 READ_ATTEMPTS = 3
 READ_RETRY_PAUSE_S = 0.2
 # Without Retry-After, a 429 still pauses every call for this long.
@@ -473,9 +478,12 @@ class StandXAuth:
             try:
                 with self._lock:
                     self.requests_sent += 1
-                return self.session.request(method, url, params=params, headers=headers,
-                                            data=data.encode("utf-8") if data is not None else None,
-                                            timeout=timeout)
+                started = self.clock.now()
+                response = self.session.request(method, url, params=params, headers=headers,
+                                                data=data.encode("utf-8") if data is not None else None,
+                                                timeout=timeout, stream=True)
+                self._receive(response, started)
+                return response
             except requests.exceptions.ConnectTimeout:
                 # Nothing reached the exchange: safe to report as a plain failure, even for a write.
                 failure = "connect timeout"
@@ -492,6 +500,23 @@ class StandXAuth:
             if self._past_deadline():
                 break
         raise StandXError(f"exchange unreachable ({failure})")
+
+    def _receive(self, response: requests.Response, started: float) -> None:
+        """Read the whole body, giving up once the answer has taken REQUEST_TOTAL_S (or the
+        stop deadline has passed), however slowly it trickles in."""
+        chunks = []
+        too_slow = False
+        try:
+            while not too_slow and (chunk := response.raw.read1(BODY_CHUNK_BYTES)):
+                chunks.append(chunk)
+                too_slow = self.clock.now() - started > REQUEST_TOTAL_S or self._past_deadline()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.exceptions.ConnectionError(f"answer cut off ({type(exc).__name__})") from None
+        finally:
+            response.close()
+        if too_slow:
+            raise requests.exceptions.ReadTimeout("the answer is arriving too slowly")
+        response._content = b"".join(chunks)
 
     def _timeout(self) -> tuple[float, float]:
         """Connect/read timeouts, shortened to what is left of a stop deadline."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stop the market maker started by ./run.sh [NAME]: SIGTERM (it cancels its orders and exits),
-# SIGKILL only after STOP_TIMEOUT_S seconds (default 20). Only a process whose command line runs
-# market_maker.py is ever signalled; a PID file pointing at anything else is stale and removed.
+# SIGKILL only after STOP_TIMEOUT_S seconds (default 20). Only our daemon (holding this NAME's
+# lock and running exactly what run.sh started) is ever signalled; a PID file pointing at
+# anything else is stale and removed.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,13 +35,18 @@ if ! [[ "$timeout_s" =~ ^[0-9]+$ ]] || [ "$timeout_s" -lt 1 ]; then
     exit 2
 fi
 
-# True while PID runs market_maker.py (for this NAME when it has a --log-file); false once it has
-# exited, is a zombie (ps shows "[python] <defunct>") or the PID was reused by something else.
+# Exactly the command run.sh starts for this NAME.
+env_file=".env${name:+.$name}"
+daemon_cmd=".venv/bin/python -u market_maker.py --env-file $env_file --log-file $log_file"
+
+# True while PID is our daemon for this NAME: the lock run.sh handed it is held, and the PID runs
+# exactly the command run.sh started. False once it has exited, is a zombie, or the PID was reused
+# (even by something else whose command line mentions market_maker.py).
 is_ours() {
     local args
+    [ -f "$lock_file" ] && ! flock -n "$lock_file" true 2>/dev/null || return 1
     args=$(ps -p "$1" -o args= 2>/dev/null) || return 1
-    [[ "$args" == *market_maker.py* ]] || return 1
-    [[ "$args" != *--log-file* ]] || [[ "$args" == *"--log-file $log_file"* ]]
+    [ "$args" = "$daemon_cmd" ]
 }
 
 # Remove the PID file only if it still names PID: a new ./run.sh may have replaced it meanwhile.

@@ -7,9 +7,11 @@ decision on a failed read, no secret in the output. Each row then checks what it
 from __future__ import annotations
 
 import signal
+import time
 from decimal import Decimal
 
 import pytest
+import requests
 from eth_account import Account
 
 import market_maker as mm
@@ -360,19 +362,46 @@ def test_second_instance_on_the_same_account_and_symbol_is_refused(sim_server, t
     key = throwaway_key()
     address = Account.from_key(key).address.lower()
     first = start_daemon_process(sim_server, key, tmp_path)
+    started = [first]
     try:
         assert wait_until(lambda: len(account(sim_server, address).get("open_orders", [])) == 2, 20)
         second = start_daemon_process(sim_server, key, tmp_path)
+        started.append(second)
         code = second.wait(timeout=30)
         output = second.stdout.read()
         other_symbol = start_daemon_process(sim_server, key, tmp_path, MARKET_MAKER_SYMBOL="ETH-USD")
+        started.append(other_symbol)
         other_code = other_symbol.wait(timeout=30)
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=20)
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     assert code == mm.EXIT_ALREADY_RUNNING
     assert output.strip().splitlines() == [
         f"already running: another market maker quotes BTC-USD for {Account.from_key(key).address} "
         "on this machine; stop it first"]
     assert other_code == mm.EXIT_CONFIG  # not refused by the lock: ETH-USD is simply not listed here
     assert key[2:] not in output
+
+
+def test_sigterm_while_the_exchange_stalls_every_answer_ends_the_process_within_15_s(sim_server, tmp_path):
+    key = throwaway_key()
+    address = Account.from_key(key).address.lower()
+    daemon = start_daemon_process(sim_server, key, tmp_path)
+    try:
+        assert wait_until(lambda: len(account(sim_server, address).get("open_orders", [])) == 2, 20)
+        requests.post(f"{sim_server}/_sim/faults", json={"kind": "stall", "stall_s": 60}, timeout=5)
+        time.sleep(1)  # a loop is now waiting on a stalled answer
+        daemon.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        code = daemon.wait(timeout=30)
+        took_s = time.monotonic() - stopped_at
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert took_s <= 15
+    assert code == mm.EXIT_ERROR  # it could not confirm the cancels, and says so

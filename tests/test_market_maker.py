@@ -296,11 +296,27 @@ def test_cancel_first_mode_cancels_waits_one_second_then_places_both(exchange):
     maker = make_maker(exchange, MARKET_MAKER_REQUOTE="cancel_first")
     maker.run_once()
     exchange.prices["mark_price"] = "100.05"
-    step(maker)
+    maker.clock.sleep(0.5)
+    started = maker.clock.now()
+    maker.run_once()
     # After the pause, the position and the price are read again before placing.
     assert exchange.names()[-5:] == ["cancel_orders", "query_positions", "query_symbol_price",
                                      "new_limit_order", "new_limit_order"]
-    assert mm.CANCEL_FIRST_PAUSE_S in maker.clock.sleeps
+    assert maker.clock.now() - started >= mm.CANCEL_FIRST_PAUSE_S
+
+
+def test_cancel_first_places_nothing_when_a_stop_comes_during_its_pause(exchange):
+    maker = make_maker(exchange, MARKET_MAKER_REQUOTE="cancel_first")
+    maker.run_once()
+    exchange.prices["mark_price"] = "100.05"
+    sleep = maker.clock.sleep
+
+    def sleep_then_sigterm(seconds):
+        sleep(seconds)
+        maker.request_stop("SIGTERM")
+    maker.clock.sleep = sleep_then_sigterm
+    maker.run_once()
+    assert len(placed(exchange)) == 2  # only the first pair
 
 
 def test_gtc_time_in_force_is_passed_through(exchange):
@@ -501,10 +517,20 @@ def test_shutdown_is_quick_when_every_unseen_order_is_known_to_be_final(maker, e
     assert maker.clock.now() - started < 1.5
 
 
-def test_stop_request_bounds_every_later_request(maker):
+def test_stop_request_cuts_the_interrupted_loops_requests_short(maker):
     maker.request_stop("SIGTERM")
     assert maker.stop_requested
-    assert maker.auth.deadline == pytest.approx(maker.clock.now() + mm.STOP_DEADLINE_S)
+    assert maker.auth.deadline == pytest.approx(maker.clock.now() + mm.LOOP_GRACE_S)
+
+
+def test_shutdown_gets_its_own_budget_after_a_slow_loop(maker, exchange):
+    maker.run_once()
+    maker.request_stop("SIGTERM")
+    stop_at = maker.clock.now()
+    maker.clock.sleep(mm.LOOP_GRACE_S + 3)  # the interrupted loop overran its grace period
+    assert maker.shutdown() is True
+    assert maker.auth.deadline == pytest.approx(stop_at + mm.STOP_DEADLINE_S)
+    assert exchange.ours() == []
 
 
 def test_run_stops_after_duration_with_no_orders_left(exchange, monkeypatch):

@@ -51,6 +51,8 @@ def test_unit_reads_the_instances_env_file_and_logs_to_the_journal_only(unit):
     service = unit["Service"]
     assert service["EnvironmentFile"].endswith("/.env.%i")
     assert "market_maker.py" in service["ExecStart"] and "--log-file" not in service["ExecStart"]
+    # the same file again, so that a stray .env in the working directory is never read
+    assert service["ExecStart"].endswith(f"--env-file {service['EnvironmentFile']}")
 
 
 def test_unit_is_hardened(unit):

@@ -188,6 +188,21 @@ def test_stop_sh_ignores_a_stale_pid_file_of_an_unrelated_live_process(project):
         unrelated.wait(timeout=5)
 
 
+def test_stop_sh_never_signals_a_process_that_only_mentions_market_maker(project):
+    # Same command line as our daemon, but not holding this NAME's lock: not ours.
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "market_maker.py",
+                              "--env-file", ".env.alice", "--log-file", "logs/alice.log"])
+    try:
+        (project / "logs" / "alice.pid").write_text(f"{decoy.pid}\n")
+        result = script(project, "stop.sh", "alice")
+        assert result.returncode == 0 and "signalled nothing" in result.stdout
+        time.sleep(0.2)
+        assert decoy.poll() is None
+    finally:
+        decoy.kill()
+        decoy.wait(timeout=5)
+
+
 def test_stop_sh_escalates_to_sigkill_after_the_deadline(tmp_path):
     """With the default name (.env, logs/market_maker.*) and a fake daemon that ignores SIGTERM."""
     root = make_project(tmp_path / "stubborn", files=("run.sh", "stop.sh"))

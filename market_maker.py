@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import logging.handlers
+import math
 import os
 import re
 import secrets
@@ -1028,14 +1029,22 @@ def load_environment(env_file: str | None) -> None:
         load_dotenv(path, override=False)
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
-    return value
+def number_argument(kind: Callable[[str], Any], minimum: float = 0, *,
+                    inclusive: bool = True) -> Callable[[str], Any]:
+    """An argparse type: a finite number (int, float or Decimal) at least `minimum`, or above
+    it when not `inclusive`; anything else is a one-line usage error, never a traceback."""
+    bound = f"{'at least' if inclusive else 'greater than'} {minimum}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+            finite = math.isfinite(value)
+        except (ValueError, ArithmeticError):
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not finite or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be a number {bound}: {text!r}")
+        return value
+    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1054,7 +1063,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sim.add_argument("--market-data", nargs="+", metavar="PREFIX",
                      help="replay recorded hours (PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz) "
                           "instead of a synthetic market")
-    sim.add_argument("--duration", type=_positive_seconds, metavar="SECONDS",
+    sim.add_argument("--duration", type=number_argument(float, inclusive=False), metavar="SECONDS",
                      help="stop after this many seconds (default: until Ctrl-C)")
     sim.add_argument("--report-json", metavar="PATH", default=DEFAULT_SIM_REPORT,
                      help=f"where to write the run's report (default: {DEFAULT_SIM_REPORT})")

@@ -7,8 +7,9 @@ import logging
 import signal
 import sys
 import threading
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
+from market_maker import number_argument
 from standx_auth import RealClock
 
 from .market import Market, RecordedMarket, SyntheticMarket
@@ -17,58 +18,27 @@ from .simulator import Simulator
 
 
 def _balance(text: str) -> Decimal | None:
-    if text.lower() == "none":
-        return None
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not a number or 'none': {text!r}") from None
-    if not value.is_finite() or value < 0:
-        raise argparse.ArgumentTypeError(f"balance must be >= 0: {text!r}")
-    return value
-
-
-def _non_negative(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-        return value
-    return parse
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-        return value
-    return parse
+    """A starting balance, or 'none' for an unfunded account."""
+    return None if text.lower() == "none" else number_argument(Decimal)(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m standx_sim", description="A local StandX Perps simulator.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve the StandX API over HTTP on 127.0.0.1")
-    serve.add_argument("--port", type=_non_negative(int), default=0, help="TCP port (default 0: a free port)")
+    serve.add_argument("--port", type=number_argument(int), default=0, help="TCP port (default 0: a free port)")
     serve.add_argument("--market-data", nargs="+", metavar="PREFIX", default=None,
                        help="replay PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz (in order) instead of a synthetic market")
-    serve.add_argument("--latency-ms", type=_non_negative(float), default=0.0, help="added latency per request")
+    serve.add_argument("--latency-ms", type=number_argument(float), default=0.0, help="added latency per request")
     serve.add_argument("--balance", type=_balance, default=Decimal("1000"),
                        help="starting balance of every new account (default 1000; 'none' = unfunded)")
-    serve.add_argument("--visibility-delay-ms", type=_non_negative(float), default=200.0,
+    serve.add_argument("--visibility-delay-ms", type=number_argument(float), default=200.0,
                        help="delay before an order or cancel takes effect (default 200)")
-    serve.add_argument("--volatility-bps", type=_non_negative(float), default=0.9,
+    serve.add_argument("--volatility-bps", type=number_argument(float), default=0.9,
                        help="synthetic market volatility in bps per sqrt(second) (default 0.9; "
                             "ignored with --market-data)")
     serve.add_argument("--seed", type=int, default=0, help="seed of the synthetic market and faults")
-    serve.add_argument("--meter-qty", type=_non_negative(Decimal), default=Decimal("0"),
+    serve.add_argument("--meter-qty", type=number_argument(Decimal), default=Decimal("0"),
                        help="minimum order qty that counts for uptime metering")
     serve.set_defaults(run=serve_command)
 
@@ -79,14 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "wall_s and speedup are the only timing-dependent figures.")
     backtest.add_argument("--market-data", nargs="+", metavar="PREFIX", required=True,
                           help="recorded hours: PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz each")
-    backtest.add_argument("--latency-ms", type=_non_negative(float), default=150.0,
+    backtest.add_argument("--latency-ms", type=number_argument(float), default=150.0,
                           help="round-trip latency of every request, on the virtual clock (default 150)")
     backtest.add_argument("--requote", choices=("replace", "cancel_first"), default=None,
                           help="override MARKET_MAKER_REQUOTE")
     backtest.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON here")
     backtest.add_argument("--env-file", metavar="PATH", default=None,
                           help="settings file; fills in what the environment does not set")
-    backtest.add_argument("--max-seconds", type=_positive(float), default=None,
+    backtest.add_argument("--max-seconds", type=number_argument(float, inclusive=False), default=None,
                           help="simulate at most this many seconds of each hour")
     backtest.add_argument("--verbose", action="store_true", help="show the daemon's INFO log on stderr")
     backtest.set_defaults(run=backtest_command)

@@ -52,6 +52,7 @@ from standx_auth import StandXAuth
 
 from .clock import VirtualClock
 from .exchange import SymbolSpec
+from .figures import run_figures
 from .market import RecordedMarket
 from .simulator import Simulator
 
@@ -181,30 +182,20 @@ def run_hour(prefix: str, config: Config, latency_ms: float = 150.0, max_seconds
     metrics = sim.exchange.metrics(auth.address)
     snapshots = sim.exchange.snapshot_values(auth.address)
     sim_seconds = clock.now() - start_ts
-    requests_total = sum(sim.api.request_counts.values())
+    figures = run_figures(sim, maker, auth.address, sim_seconds)
     wall_s = time.perf_counter() - wall_started
     return {
+        **figures,
         "hour": Path(prefix).name,
         "start_ts": start_ts,
         "exit_code": exit_code,
         "two_sided_s": metrics["two_sided_s"],
         "metered_s": metrics["elapsed_s"],
-        "uptime_pct": percent(metrics["two_sided_s"], metrics["elapsed_s"]),
         "snapshots": len(snapshots),
         "two_sided_snapshots": sum(v > 0 for v in snapshots),
         "maker_hours": maker_hours(snapshots),
         "boosted_hours": int(is_boosted(snapshots)),
-        "fills": metrics["maker_fills"],
-        "taker_fills": metrics["taker_fills"],
-        "fills_per_hour": per_hour(metrics["maker_fills"], sim_seconds),
-        "orders_placed": metrics["orders_placed"],
-        "requotes": maker.requotes,
-        "requests": requests_total,
-        "requests_per_s": requests_total / sim_seconds if sim_seconds > 0 else 0.0,
-        "pnl": metrics["realized_pnl"] + metrics["upnl"],
-        "fees": metrics["fees"],
-        "max_orders_per_side": max(metrics["max_live_orders"].values()),
-        "sim_seconds": sim_seconds,
+        "fills_per_hour": per_hour(figures["fills"], sim_seconds),
         "wall_s": wall_s,
         "speedup": sim_seconds / wall_s,
     }

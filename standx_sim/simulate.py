@@ -18,6 +18,7 @@ from eth_account import Account
 import market_maker as mm
 from standx_auth import RealClock, StandXAuth
 
+from .figures import run_figures
 from .market import Market, RecordedMarket
 from .server import SimServer
 from .simulator import Simulator
@@ -36,29 +37,17 @@ def load_market(prefixes: list[str] | None) -> Market | None:
 
 
 def run_report(sim: Simulator, maker: mm.MarketMaker, address: str, wall_s: float) -> dict[str, Any]:
-    """The figures of one run, from the simulator's metering and the daemon's counters."""
-    metrics = sim.exchange.metrics(address)
-    sim_seconds = float(metrics["elapsed_s"])
-    requests = sum(sim.api.request_counts.values())
-    return {
-        "uptime_pct": round(100 * float(metrics["two_sided_uptime"]), 3),
-        "fills": metrics["fills"],
-        "orders_placed": metrics["orders_placed"],
-        "requotes": maker.requotes,
-        "requests": requests,
-        "requests_per_s": round(requests / sim_seconds, 3) if sim_seconds > 0 else 0.0,
-        "pnl": str(metrics["realized_pnl"] + metrics["upnl"]),
-        "fees": str(metrics["fees"]),
-        "open_orders_at_end": len(sim.exchange.open_orders(address)),
-        "max_orders_per_side": max(metrics["max_live_orders"].values(), default=0),
-        "sim_seconds": round(sim_seconds, 3),
-        "wall_s": round(wall_s, 3),
-    }
+    """The run's figures, rounded for reading, plus what is left open at the end."""
+    figures = run_figures(sim, maker, address, float(sim.exchange.metrics(address)["elapsed_s"]))
+    return {**{key: round(value, 3) if isinstance(value, float) else value for key, value in figures.items()},
+            "pnl": str(figures["pnl"]), "fees": str(figures["fees"]),
+            "open_orders_at_end": len(sim.exchange.open_orders(address)), "wall_s": round(wall_s, 3)}
 
 
 def summary(report: dict[str, Any]) -> str:
     return (f"simulated {report['sim_seconds']:.0f} s: two-sided uptime {report['uptime_pct']:.2f}%, "
-            f"{report['fills']} fills, {report['orders_placed']} orders, {report['requotes']} requotes, "
+            f"{report['fills']} fills of our quotes ({report['taker_fills']} closes), "
+            f"{report['orders_placed']} orders, {report['requotes']} requotes, "
             f"{report['requests_per_s']:.2f} requests/s, pnl {report['pnl']}, fees {report['fees']}, "
             f"{report['open_orders_at_end']} open orders at the end")
 

@@ -15,6 +15,7 @@ from eth_account import Account
 
 import market_maker as mm
 from standx_auth import StandXAuth
+from standx_sim.figures import run_figures
 from standx_sim.simulate import throwaway_key
 from tests.sim_helpers import BASE_URL, FLAT_MARK, flat_sim
 from tests.sim_process import REPO, account, clean_env, start_daemon_process, wait_until
@@ -94,6 +95,9 @@ def test_fill_is_closed_reduce_only_and_the_side_is_placed_again():
     assert sim.exchange.metrics(address)["position_qty"] == 0
     assert sorted(o.side for o in resting(sim, maker)) == ["buy", "sell"]
     assert maker.fills == 1
+    # Reports count our quotes filled as fills, our closing orders apart.
+    figures = run_figures(sim, maker, address, 6.0)
+    assert (figures["fills"], figures["taker_fills"]) == (1, 1)
 
 
 @pytest.mark.parametrize("balance, mode, target_bps", [
@@ -166,7 +170,7 @@ def test_simulate_runs_without_any_env_and_writes_its_report(tmp_path):
         cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(report.read_text())
-    for key in ("uptime_pct", "fills", "orders_placed", "requotes", "requests", "requests_per_s",
+    for key in ("uptime_pct", "fills", "taker_fills", "orders_placed", "requotes", "requests", "requests_per_s",
                 "pnl", "fees", "open_orders_at_end", "sim_seconds", "wall_s"):
         assert key in figures
     assert figures["open_orders_at_end"] == 0

@@ -1,6 +1,7 @@
 """Settings: defaults, the validation table, and the command line's handling of bad input."""
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 import subprocess
@@ -169,3 +170,24 @@ def test_env_file_readable_by_others_is_warned_about(tmp_path):
     assert "chmod 600" in result.stdout and ".env" in result.stdout
     env_file.chmod(stat.S_IRUSR | stat.S_IWUSR)
     assert "chmod 600" not in run_cli(tmp_path, "--check-config").stdout
+
+
+@pytest.mark.parametrize("kind, text", [(Decimal, "abc"), (Decimal, "NaN"), (float, "inf"), (int, "1.5"),
+                                        (float, "-1")])
+def test_a_bad_numeric_option_is_a_usage_error_not_a_traceback(kind, text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        mm.number_argument(kind)(text)
+
+
+def test_a_numeric_option_can_exclude_its_minimum():
+    assert mm.number_argument(float)("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match="greater than 0"):
+        mm.number_argument(float, inclusive=False)("0")
+
+
+def test_the_simulator_cli_rejects_a_non_number_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "standx_sim", "serve", "--meter-qty", "abc"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("argument --meter-qty: not a number: 'abc'")
+    assert "Traceback" not in result.stderr

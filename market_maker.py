@@ -48,11 +48,19 @@ OPEN_ORDERS_LIMIT = 1200
 # The symbol's tick and lot can change: read them again this often.
 RULES_REFRESH_S = 300.0
 BALANCE_CHECK_EVERY_LOOPS = 10
-# An order not visible after this long is treated as lost (cancelled by id if it shows up).
-ORDER_VISIBLE_TIMEOUT_S = 3.0
+# An order not visible this long after its answer, and unknown to query_order all along,
+# never reached the exchange: it is no longer waited for (should it appear, the audit cancels
+# it as a stray of ours). Until then it counts on its side.
+UNSEEN_GIVE_UP_S = 30.0
 # An order still not visible after this long is looked up by cl_ord_id: a rejection during
-# matching (an alo that would cross, no margin) is then known at once, not at the timeout.
+# matching (an alo that would cross, no margin) is then known at once.
 LOOKUP_AFTER_S = 1.0
+# At most this many orders of ours on a side: the resting one and its replacement.
+MAX_ORDERS_PER_SIDE = 2
+# No quote is priced off a mark read longer ago than this.
+PRICE_MAX_AGE_S = 2.0
+# A side whose order filled waits at most this long for the fill to show in the position.
+FILL_CHECK_MAX_S = 10.0
 # A cancel not effective after this long is sent again.
 CANCEL_RETRY_S = 2.0
 # Our orders are tracked locally; the exchange's list is read when an order needs confirming,
@@ -320,12 +328,15 @@ class Market:
     mark: Decimal
     best_bid: Decimal | None
     best_ask: Decimal | None
+    read_at: float = 0.0  # monotonic time the price request was sent
 
 
 @dataclass
 class OurOrder:
-    """One order we sent. Not `seen` yet = in flight; `stale` = priced for another mode;
-    `cancel_sent_at` set = being cancelled."""
+    """One order we sent, tracked until it is confirmed gone.
+
+    Not `seen` yet = on its way (or of unknown outcome); `stale` = priced for another mode;
+    `cancel_sent_at` set = being cancelled. Times are monotonic."""
     cl_ord_id: str
     side: str
     price: Decimal
@@ -337,6 +348,17 @@ class OurOrder:
     @property
     def cancelling(self) -> bool:
         return self.cancel_sent_at is not None
+
+
+@dataclass
+class FillCheck:
+    """An order of ours that is gone without its own status saying "no fill": it may have
+    filled, so its side gets no new quote until the position or the order's status settles it."""
+    cl_ord_id: str
+    side: str
+    sent_at: float  # when the order was sent
+    since: float  # when it was found gone
+    filled: bool | None = None  # from the order's own status, once looked up
 
 
 class UptimeTracker:
@@ -403,6 +425,16 @@ def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
         raise StandXError(f"symbol info for {symbol} is malformed", 200) from None
 
 
+def close_qty(position: Decimal, rules: SymbolRules | None) -> Decimal:
+    """The size of the order that closes a position: on the lot grid (a position can carry more
+    decimals than the lot after odd partial fills), rounded up so nothing is left; the close is
+    reduce-only, so the exchange caps it at the position and it can never flip us."""
+    size = abs(position)
+    if rules is None:
+        return size
+    return max(round_to_step(size, rules.lot, ROUND_CEILING), rules.min_qty).quantize(rules.lot)
+
+
 def check_qty(qty: Decimal, rules: SymbolRules) -> None:
     if qty < rules.min_qty:
         raise ConfigError("MARKET_MAKER_QTY", f"{qty} is below the exchange minimum {rules.min_qty}")
@@ -433,15 +465,24 @@ class MarketMaker:
         self.market: Market | None = None
         self.position = Decimal(0)
         self.orders: list[OurOrder] = []
+        # Orders of ours the exchange shows that we do not track (an earlier run's, or one we
+        # gave up on): side by cl_ord_id. They count towards a side's cap until gone.
+        self.strays: dict[str, str] = {}
         self.stray_cancels: dict[str, float] = {}
+        self.fill_checks: dict[str, FillCheck] = {}
+        # The latest send time of a position read that showed a position grown by each side.
+        self.position_grown_at = {BUY: float("-inf"), SELL: float("-inf")}
         self.iteration = 0
         self.last_audit_at = float("-inf")
         self.order_counter = 0
-        self.close_settles_at = 0.0
+        self.close_settles_at = float("-inf")
         self.requotes = 0
         self.fills = 0
         self.orders_placed = 0
-        self.started_at = self.clock.now()
+        self.started_at = self.clock.monotonic()
+        # Uptime is bucketed by the clock hour: wall time at the start, advanced monotonically,
+        # so a step of the system clock cannot corrupt the record.
+        self.started_wall = self.clock.wall()
         self.last_status_at = self.started_at
         self.uptime = UptimeTracker()
         self.stop_requested = False
@@ -451,6 +492,9 @@ class MarketMaker:
         self.failed_loops = 0
         self.last_read_error = ""
 
+    def _hour_time(self) -> float:
+        return self.started_wall + (self.clock.monotonic() - self.started_at)
+
     # -- lifecycle --
 
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -459,7 +503,7 @@ class MarketMaker:
             # Called from the signal handler too: log only (an alert is sent from the loop).
             log.info("%s: stopping (cancelling our orders)", reason)
             self.stop_requested, self.stop_reason = True, reason
-            self.stop_requested_at = self.clock.now()
+            self.stop_requested_at = self.clock.monotonic()
             self.auth.deadline = self.stop_requested_at + LOOP_GRACE_S
 
     def start(self) -> None:
@@ -470,10 +514,11 @@ class MarketMaker:
         if self.config.time_in_force == "gtc":
             log.warning("MARKET_MAKER_TIME_IN_FORCE=gtc: a quote can take liquidity if the book "
                         "moves onto it before it rests; alo (post-only) is safer")
-        leftovers = [o["cl_ord_id"] for o in self._read_open_orders_or_raise() if is_our_order(o)]
+        leftovers = [o for o in self._read_open_orders_or_raise() if is_our_order(o)]
         if leftovers:
             log.info("cancelling %d order(s) of ours left by an earlier run", len(leftovers))
-            self._cancel_ids(leftovers)
+            self.strays = {o["cl_ord_id"]: str(o.get("side")) for o in leftovers}
+            self._cancel_ids(list(self.strays))
         self._set_mode(self._read_balance_or_raise(), initial=True)
 
     def _set_rules(self, rules: SymbolRules) -> None:
@@ -481,7 +526,7 @@ class MarketMaker:
         check_qty(self.config.qty, rules)
         if self.rules is not None and rules != self.rules:
             log.info("symbol rules changed: %s", rules)
-        self.rules, self.rules_read_at = rules, self.clock.now()
+        self.rules, self.rules_read_at = rules, self.clock.monotonic()
         self.qty = self.config.qty.quantize(rules.lot)
 
     def _apply_new_rules(self, rules: SymbolRules) -> None:
@@ -509,19 +554,25 @@ class MarketMaker:
                 return True
             except StandXError as exc:
                 log.error("cannot start yet (%s): retrying in %.0f s", exc, backoff_s)
-                sleep_until(self.clock, self.clock.now() + backoff_s, lambda: self.stop_requested)
+                sleep_until(self.clock, self.clock.monotonic() + backoff_s, lambda: self.stop_requested)
                 backoff_s = min(backoff_s * 2, STARTUP_BACKOFF_MAX_S)
         return False
 
     def run(self, duration_s: float | None = None) -> int:
-        """Loop until stopped (or `duration_s` elapsed), then stop cleanly; the exit code."""
-        if not self.start_with_retry():
-            return EXIT_OK
-        self.alerter.send("start", f"started: {describe(self.config)}, balance {self.balance}, "
-                                   f"mode {self.mode}")
-        self.write_state()
+        """Loop until stopped (or `duration_s` elapsed), then stop cleanly; the exit code.
+
+        Every way out goes through the same clean stop, a stop during start-up included: an
+        earlier run may have left orders of ours that only the stop would cancel."""
         try:
-            self._loop(duration_s)
+            if self.start_with_retry():
+                self.alerter.send("start", f"started: {describe(self.config)}, balance {self.balance}, "
+                                           f"mode {self.mode}")
+                self.write_state()
+                self._loop(duration_s)
+        except ConfigError as exc:  # the exchange's rules refuse our settings
+            log.error("configuration error: %s", exc)
+            self.exit_code = EXIT_CONFIG
+            self.request_stop("configuration error")
         except Exception:  # a bug must not leave our orders resting: stop cleanly, then exit 1
             log.exception("unexpected error: stopping")
             self.exit_code = EXIT_ERROR
@@ -529,11 +580,11 @@ class MarketMaker:
         return self.exit_code if self.shutdown() else EXIT_ERROR
 
     def _loop(self, duration_s: float | None) -> None:
-        ends_at = None if duration_s is None else self.clock.now() + duration_s
+        ends_at = None if duration_s is None else self.clock.monotonic() + duration_s
         while not self.stop_requested:
-            started = self.clock.now()
+            started = self.clock.monotonic()
             self.run_once()
-            if ends_at is not None and self.clock.now() >= ends_at:
+            if ends_at is not None and self.clock.monotonic() >= ends_at:
                 self.request_stop("duration reached")
             sleep_until(self.clock, started + self.config.check_interval_s, lambda: self.stop_requested)
 
@@ -554,16 +605,21 @@ class MarketMaker:
         got as far as the quoting decision.
 
         Every loop reads the position and the price; our orders when one awaits confirmation
-        or the audit is due; the balance every 10th loop. The reads overlap, so the price is
-        read at the same point of every loop and the decision follows it at once. A failed
-        read ends the pass: no decision is made on unknown state.
+        or the audit is due; the status of orders that may have filled; the balance every 10th
+        loop. The reads overlap, so the price is read at the same point of every loop and the
+        decision follows it at once. A failed read ends the pass: no decision is made on
+        unknown state.
         """
+        sent_at = self.clock.monotonic()
         reads: dict[str, Callable[[], Any]] = {"position": self._read_position}
         if self.orders_await_confirmation() or self.audit_due():
             reads["orders"] = self._read_open_orders
+        for cl_ord_id, check in self.fill_checks.items():
+            if check.filled is None:
+                reads[f"fill:{cl_ord_id}"] = partial(self._look_up, cl_ord_id)
         if self.iteration % BALANCE_CHECK_EVERY_LOOPS == 0:
             reads["balance"] = self._read_balance
-        if self.clock.now() - self.rules_read_at >= RULES_REFRESH_S:
+        if self.clock.monotonic() - self.rules_read_at >= RULES_REFRESH_S:
             reads["rules"] = self._read_rules
         reads["market"] = self._read_market
         got = dict(zip(reads, self.clock.gather(list(reads.values()))))
@@ -571,10 +627,13 @@ class MarketMaker:
             self._set_mode(got["balance"])
         if got.get("rules") is not None:
             self._apply_new_rules(got["rules"])
+        for key, found in got.items():
+            if key.startswith("fill:") and found is not None:
+                self._note_fill_status(key.removeprefix("fill:"), *found)
         position = got["position"]
         if position is None:
             return False
-        self._note_position(position)
+        self._note_position(position, sent_at)
         if position != 0:
             self.close_position(position)
             self._cancel_orders([o for o in self.orders
@@ -587,7 +646,7 @@ class MarketMaker:
             return False
         self.market = got["market"]
         self.requote(self.market)
-        self.uptime.record(self.clock.now(), self.quoting_both_sides())
+        self.uptime.record(self._hour_time(), self.quoting_both_sides())
         self._maybe_log_status()
         return True
 
@@ -609,11 +668,11 @@ class MarketMaker:
     def audit_due(self) -> bool:
         """Time to check the exchange's list for what local state cannot see (strays, orders
         gone without our cancel)."""
-        return self.clock.now() - self.last_audit_at >= AUDIT_EVERY_S
+        return self.clock.monotonic() - self.last_audit_at >= AUDIT_EVERY_S
 
     def orders_await_confirmation(self) -> bool:
         """An order of ours was sent but not yet seen, or cancelled but not yet gone."""
-        return any(not o.seen or o.cancelling for o in self.orders)
+        return any(not o.seen or o.cancelling for o in self.orders) or bool(self.strays)
 
     def _read_balance(self) -> Decimal | None:
         try:
@@ -641,7 +700,8 @@ class MarketMaker:
                 order.stale = True
         self.mode, self.band = mode, band_for_mode(mode, self.config.band)
 
-    def _note_position(self, position: Decimal) -> None:
+    def _note_position(self, position: Decimal, sent_at: float) -> None:
+        """Take a position read sent at `sent_at`; settle the fill checks it can settle."""
         if position != 0 and self.position == 0:
             self.fills += 1
             log.info("filled: position %s %s, closing", position, self.config.symbol)
@@ -650,6 +710,42 @@ class MarketMaker:
             log.info("position closed: flat again")
             self.alerter.send("close", "position closed: flat again")
         self.position = position
+        if position != 0:
+            self.position_grown_at[BUY if position > 0 else SELL] = sent_at
+        self._settle_fill_checks(sent_at)
+
+    # -- orders that may have filled --
+
+    def _note_fill_status(self, cl_ord_id: str, status: str | None, fill_qty: Decimal | None) -> None:
+        """The looked-up status of an order that may have filled: final with nothing filled
+        clears its side at once; any fill must show in the position first."""
+        check = self.fill_checks.get(cl_ord_id)
+        if check is None or status is None or status not in FINAL_STATUSES:
+            return
+        check.filled = bool(fill_qty) or status == "filled"
+        if not check.filled:
+            log.debug("order %s was %s without a fill", cl_ord_id, status)
+            del self.fill_checks[cl_ord_id]
+
+    def _settle_fill_checks(self, position_sent_at: float) -> None:
+        """A side whose order may have filled waits for a position read sent after the order
+        was found gone. If that read shows no position on the side, the order did not fill (its
+        status says so), or its fill has already shown (and was closed), or nothing showed for
+        FILL_CHECK_MAX_S: the side may quote again."""
+        now = self.clock.monotonic()
+        for cl_ord_id, check in list(self.fill_checks.items()):
+            if position_sent_at <= check.since or self.side_blocked_by_position(check.side):
+                continue
+            fill_showed = self.position_grown_at[check.side] >= check.sent_at
+            if check.filled is False or fill_showed or now - check.since >= FILL_CHECK_MAX_S:
+                if check.filled and not fill_showed:
+                    log.warning("order %s filled but the position never showed it within %.0f s: "
+                                "quoting that side again", cl_ord_id, FILL_CHECK_MAX_S)
+                del self.fill_checks[cl_ord_id]
+
+    def _may_have_filled(self, order: OurOrder, filled: bool | None = None) -> None:
+        self.fill_checks[order.cl_ord_id] = FillCheck(order.cl_ord_id, order.side, order.sent_at,
+                                                      self.clock.monotonic(), filled)
 
     # -- reads (None = unknown) --
 
@@ -667,6 +763,7 @@ class MarketMaker:
         log.warning("%s%s: %s", what, f" ({error})" if error else "", consequence)
 
     def _read_market(self) -> Market | None:
+        sent_at = self.clock.monotonic()
         try:
             prices = api.query_symbol_price(self.auth, self.config.symbol)
         except StandXError as exc:
@@ -681,7 +778,7 @@ class MarketMaker:
                               "no quote decision this loop")
             return None
         return Market(mark, positive_decimal(prices.get("spread_bid")),
-                      positive_decimal(prices.get("spread_ask")))
+                      positive_decimal(prices.get("spread_ask")), sent_at)
 
     def _read_open_orders(self) -> list[dict[str, Any]] | None:
         try:
@@ -715,9 +812,12 @@ class MarketMaker:
     # -- our orders --
 
     def reconcile(self, open_orders: list[dict[str, Any]]) -> None:
-        """Match our tracked orders with what the exchange shows; cancel strays of ours."""
-        now = self.clock.now()
-        self.last_audit_at = now
+        """Match our tracked orders with what the exchange shows; cancel strays of ours.
+
+        An order leaves tracking only when it is confirmed gone: seen and now absent, or its
+        own status final. One that vanished may have filled (a fill check holds its side); one
+        never seen stays tracked, however late it shows up, and is looked up."""
+        now = self.last_audit_at = self.clock.monotonic()
         visible = {o["cl_ord_id"]: o for o in open_orders if is_our_order(o)}
         kept: list[OurOrder] = []
         for order in self.orders:
@@ -726,26 +826,58 @@ class MarketMaker:
                 kept.append(order)
                 if order.cancelling and now - order.cancel_sent_at >= CANCEL_RETRY_S:
                     self._cancel_orders([order])
-            elif not order.seen and now - order.sent_at < ORDER_VISIBLE_TIMEOUT_S:
-                status = self._look_up(order) if now - order.sent_at >= LOOKUP_AFTER_S else None
-                if status is None or status not in FINAL_STATUSES:
-                    order.seen = status is not None
-                    kept.append(order)  # still in flight, or live after all
-                elif not order.cancelling:
-                    log.info("%s order %s at %s was %s by the exchange", order.side,
-                             order.cl_ord_id, order.price, status)
-            elif not order.cancelling:
-                why = "filled or cancelled" if order.seen else "never became visible (rejected or lost)"
-                log.info("%s order %s at %s is gone: %s", order.side, order.cl_ord_id, order.price, why)
+            elif order.seen:
+                log.info("%s order %s at %s is gone (%s)", order.side, order.cl_ord_id, order.price,
+                         "cancelled, unless it filled first" if order.cancelling else "filled or cancelled")
+                self._may_have_filled(order)
+            elif self._unseen_order_still_pending(order, now):
+                kept.append(order)
         self.orders = kept
         tracked = {o.cl_ord_id for o in self.orders}
-        strays = [cid for cid in visible if cid not in tracked]
-        if self._cancel_ids(strays):
-            log.info("cancelled stray order(s) of ours: %s", ", ".join(strays))
+        self.strays = {cid: str(row.get("side")) for cid, row in visible.items() if cid not in tracked}
+        if self._cancel_ids(list(self.strays)):
+            log.info("cancelled stray order(s) of ours: %s", ", ".join(self.strays))
         self.stray_cancels = {cid: t for cid, t in self.stray_cancels.items() if cid in visible}
+
+    def _unseen_order_still_pending(self, order: OurOrder, now: float) -> bool:
+        """An order not yet visible: looked up after LOOKUP_AFTER_S, so that a rejection in
+        matching is known at once. True while it may still appear."""
+        if now - order.sent_at < LOOKUP_AFTER_S:
+            return True
+        status, fill_qty = self._look_up(order.cl_ord_id)
+        if status is None:
+            if now - order.sent_at < UNSEEN_GIVE_UP_S:
+                return True
+            # The exchange has not heard of it for this long: the request never arrived. Should
+            # it still appear, it is ours by its prefix, so the audit cancels it as a stray.
+            log.warning("%s order %s at %s never became visible in %.0f s: no longer waiting for it",
+                        order.side, order.cl_ord_id, order.price, UNSEEN_GIVE_UP_S)
+            return False
+        if status not in FINAL_STATUSES:
+            order.seen = True  # live after all: it shows in the next list
+            return True
+        if not order.cancelling:
+            log.info("%s order %s at %s was %s by the exchange", order.side, order.cl_ord_id,
+                     order.price, status)
+        if fill_qty or status == "filled":
+            self._may_have_filled(order, filled=True)
+        return False
 
     def _active(self, side: str) -> list[OurOrder]:
         return [o for o in self.orders if o.side == side and not o.cancelling]
+
+    def orders_on_side(self, side: str) -> int:
+        """Our orders on a side not yet confirmed gone: tracked ones in any state, and strays."""
+        return (sum(o.side == side for o in self.orders)
+                + sum(stray_side == side for stray_side in self.strays.values()))
+
+    def side_may_get_new_order(self, side: str) -> bool:
+        """The one rule for sending a quote: not stopping, not the side that grows a position,
+        no order there that may have filled unsettled, and fewer than MAX_ORDERS_PER_SIDE of
+        ours there (the resting one and its replacement) whatever has failed."""
+        return (not self.stop_requested and not self.side_blocked_by_position(side)
+                and not any(c.side == side for c in self.fill_checks.values())
+                and self.orders_on_side(side) < MAX_ORDERS_PER_SIDE)
 
     def side_needs_requote(self, side: str, mark: Decimal) -> bool:
         """A side needs a new quote when it has none, or its resting one left the band.
@@ -766,7 +898,11 @@ class MarketMaker:
     def requote(self, market: Market) -> None:
         if self.stop_requested:
             return  # stopping: no new quote, only cancels (a position is still closed)
-        quotable = [s for s in SIDES if not self.side_blocked_by_position(s)]
+        age_s = self.clock.monotonic() - market.read_at
+        if age_s > PRICE_MAX_AGE_S:
+            log.info("price read is %.1f s old: no quote decision on it", age_s)
+            return
+        quotable = [s for s in SIDES if self.side_may_get_new_order(s)]
         if not any(self.side_needs_requote(s, market.mark) for s in quotable):
             return
         if self.config.requote_mode == "cancel_first":
@@ -802,16 +938,16 @@ class MarketMaker:
         a fresh read: the market and the position may have moved during the pause)."""
         self._cancel_orders([o for o in self.orders if not o.cancelling])
         self.requotes += 1
-        sleep_until(self.clock, self.clock.now() + CANCEL_FIRST_PAUSE_S, lambda: self.stop_requested)
+        sleep_until(self.clock, self.clock.monotonic() + CANCEL_FIRST_PAUSE_S, lambda: self.stop_requested)
         if self.stop_requested:
             return
+        sent_at = self.clock.monotonic()
         position, fresh = self.clock.gather([self._read_position, self._read_market])
         if position is None or fresh is None:
             return  # unknown: the next loop places them
-        self._note_position(position)
+        self._note_position(position, sent_at)
         self.market = fresh
-        self.place_quotes([(side, self._price_for(side, fresh)) for side in SIDES
-                           if not self.side_blocked_by_position(side)])
+        self.place_quotes([(side, self._price_for(side, fresh)) for side in SIDES])
 
     def _price_for(self, side: str, market: Market) -> Decimal:
         assert self.rules is not None
@@ -824,20 +960,28 @@ class MarketMaker:
 
     def place_quotes(self, quotes: list[tuple[str, Decimal]], replacing: list[OurOrder] = ()) -> None:
         """Send post-only quotes, and the cancel of the orders they replace, at the same time.
-        Each quote is tracked before it is sent, so an unknown outcome is looked for rather
-        than sent again."""
-        orders = [OurOrder(self.new_cl_ord_id(side), side, price, self.clock.now())
-                  for side, price in quotes]
-        self.orders.extend(orders)
+
+        The one place quotes are sent: a quote whose side may not get a new order (see
+        side_may_get_new_order) is dropped here, whatever the caller decided. Each quote is
+        tracked before it is sent, so an unknown outcome is looked for rather than sent again."""
+        orders: list[OurOrder] = []
+        for side, price in quotes:
+            if self.side_may_get_new_order(side):
+                orders.append(OurOrder(self.new_cl_ord_id(side), side, price, self.clock.monotonic()))
+                self.orders.append(orders[-1])
+            else:
+                log.debug("no new %s quote: the side is stopping, blocked or at its cap", side)
         self.orders_placed += len(orders)
         calls: list[Callable[[], Any]] = [partial(self._send_quote, order) for order in orders]
         if replacing:
             calls.append(partial(self._send_cancel, self._mark_cancelled(replacing)))
+        if not calls:
+            return
         errors = self.clock.gather(calls)[:len(orders)]
         for order in orders:
             # Visibility is timed from the answer: a request that timed out after 10 s must still
             # get its full chance to show up (and its lookup) before it counts as lost.
-            order.sent_at = self.clock.now()
+            order.sent_at = self.clock.monotonic()
         for order, error in zip(orders, errors):
             if isinstance(error, UnknownOutcomeError):
                 log.warning("%s order %s outcome unknown (%s): not re-sending, looking for it",
@@ -857,16 +1001,19 @@ class MarketMaker:
         log.debug("placed %s %s @ %s (%s)", order.side, self.qty, order.price, order.cl_ord_id)
         return None
 
-    def _look_up(self, order: OurOrder) -> str | None:
-        """The order's status by cl_ord_id; None while the exchange does not show it (404) or
-        the read failed."""
+    def _look_up(self, cl_ord_id: str) -> tuple[str | None, Decimal | None]:
+        """An order's status and filled qty by cl_ord_id; (None, None) while the exchange does
+        not show it (404) or the read failed."""
         try:
-            answer = api.query_order(self.auth, cl_ord_id=order.cl_ord_id)
+            answer = api.query_order(self.auth, cl_ord_id=cl_ord_id)
         except StandXError as exc:
-            log.debug("order %s not visible yet (%s)", order.cl_ord_id, exc)
-            return None
+            log.debug("order %s not visible yet (%s)", cl_ord_id, exc)
+            return None, None
         status = answer.get("status") if isinstance(answer, dict) else None
-        return str(status).lower() if status else None
+        if not status:
+            return None, None
+        filled = positive_decimal(answer.get("fill_qty"))
+        return str(status).lower(), filled
 
     def _cancel_orders(self, orders: list[OurOrder]) -> None:
         """Ask to cancel tracked orders, in one request; they stay tracked until seen gone."""
@@ -874,7 +1021,7 @@ class MarketMaker:
             self._send_cancel(self._mark_cancelled(orders))
 
     def _mark_cancelled(self, orders: list[OurOrder]) -> list[str]:
-        now = self.clock.now()
+        now = self.clock.monotonic()
         for order in orders:
             order.cancel_sent_at = now
         return [o.cl_ord_id for o in orders]
@@ -888,9 +1035,9 @@ class MarketMaker:
 
     def _cancel_ids(self, cl_ord_ids: list[str]) -> bool:
         """One batch cancel of the ids not already asked for within CANCEL_RETRY_S; True if sent."""
-        now = self.clock.now()
+        now = self.clock.monotonic()
         due = [cid for cid in cl_ord_ids
-               if now - self.stray_cancels.get(cid, -CANCEL_RETRY_S) >= CANCEL_RETRY_S]
+               if now - self.stray_cancels.get(cid, float("-inf")) >= CANCEL_RETRY_S]
         if not due:
             return False
         for cid in due:
@@ -900,41 +1047,45 @@ class MarketMaker:
 
     def close_position(self, position: Decimal) -> None:
         """Close the whole position with a reduce-only IOC market order (it can never flip us)."""
-        if self.clock.now() < self.close_settles_at:
+        if self.clock.monotonic() < self.close_settles_at:
             return  # the last close may not show in the position yet
-        self.close_settles_at = self.clock.now() + CLOSE_SETTLE_S
+        self.close_settles_at = self.clock.monotonic() + CLOSE_SETTLE_S
         side = SELL if position > 0 else BUY
+        qty = close_qty(position, self.rules)
         try:
-            api.new_market_order(self.auth, self.config.symbol, side, abs(position),
+            api.new_market_order(self.auth, self.config.symbol, side, qty,
                                  reduce_only=True, time_in_force="ioc",
                                  cl_ord_id=self.new_cl_ord_id(side))
-            log.info("sent reduce-only %s %s to close the position", side, abs(position))
+            log.info("sent reduce-only %s %s to close the position", side, qty)
         except StandXError as exc:
             log.warning("close order failed (%s): will retry once the position shows", exc)
 
     # -- stop --
 
     def shutdown(self) -> bool:
-        """Cancel every order of ours and confirm none is left; close any position. True if clean."""
+        """Cancel every order of ours and confirm none is left, none is on its way and no
+        position is open. True only then."""
         self.request_stop()
         # The stop gets its own budget, whatever the interrupted loop used of the grace period.
         deadline = self.auth.deadline = self.stop_requested_at + STOP_DEADLINE_S
         self._cancel_ids([o.cl_ord_id for o in self.orders])
         clean = False
-        while self.clock.now() < deadline:
+        while self.clock.monotonic() < deadline:
             self.clock.sleep(STOP_POLL_S)
             try:
                 ours = [o["cl_ord_id"] for o in self._read_open_orders_or_raise() if is_our_order(o)]
             except StandXError as exc:
                 log.warning("open orders read failed while stopping (%s)", exc)
                 continue
+            now = self.clock.monotonic()
+            self.orders = [o for o in self.orders
+                           if o.cl_ord_id in ours or not o.seen and self._unseen_order_still_pending(o, now)]
             for order in self.orders:
                 order.seen = order.seen or order.cl_ord_id in ours
-            if not ours and not self._unseen_in_flight():
+            if not ours and not self.orders:
                 clean = True
                 break
             self._cancel_ids(ours)
-            self._look_up_unseen()
         flat = self._flatten_before_exit(deadline)
         self.write_state()
         if clean and flat:
@@ -947,20 +1098,9 @@ class MarketMaker:
         self.alerter.send("stop", f"stopped ({self.stop_reason}): {outcome}")
         return clean and flat
 
-    def _unseen_in_flight(self) -> bool:
-        """An order sent but never seen may still appear: wait for it, up to its timeout."""
-        now = self.clock.now()
-        return any(not o.seen and now - o.sent_at < ORDER_VISIBLE_TIMEOUT_S for o in self.orders)
-
-    def _look_up_unseen(self) -> None:
-        """Any status for an unseen order means the exchange has it (a live one is cancelled by
-        the next poll); none means it may still appear."""
-        for order in self.orders:
-            order.seen = order.seen or self._look_up(order) is not None
-
     def _flatten_before_exit(self, deadline: float) -> bool:
         """Close any position left (a fill can land while cancels are in flight) and confirm."""
-        while self.clock.now() < deadline:
+        while self.clock.monotonic() < deadline:
             position = self._read_position()
             if position == 0:
                 return True
@@ -972,7 +1112,7 @@ class MarketMaker:
     # -- status --
 
     def _maybe_log_status(self) -> None:
-        now = self.clock.now()
+        now = self.clock.monotonic()
         if now - self.last_status_at >= STATUS_EVERY_S:
             self.last_status_at = now
             log.info(self.status_line())
@@ -982,10 +1122,9 @@ class MarketMaker:
         """Save what --status shows of the running daemon (its own view: uptime, mode, counters)."""
         if self.state_path is None:
             return
-        now = self.clock.now()
-        state = {"updated_at": now, "pid": os.getpid(), "running": not self.stop_requested,
+        state = {"updated_at": self.clock.wall(), "pid": os.getpid(), "running": not self.stop_requested,
                  "mode": self.mode, "position": str(self.position), "requotes": self.requotes,
-                 "fills": self.fills, "uptime": reward_summary(self.uptime, now)}
+                 "fills": self.fills, "uptime": reward_summary(self.uptime, self._hour_time())}
         try:
             with open(self.state_path + ".tmp", "w", encoding="utf-8") as handle:
                 json.dump(state, handle)
@@ -1000,11 +1139,10 @@ class MarketMaker:
             live = self._resting(side)
             sides.append(f"{side} {distance_bps(side, live[0].price, mark):.2f}bps"
                          if live and mark else f"{side} -")
-        now = self.clock.now()
-        elapsed = max(now - self.started_at, 1e-9)
+        elapsed = max(self.clock.monotonic() - self.started_at, 1e-9)
         return (f"status mode={self.mode} mark={mark} {' '.join(sides)} position={self.position} "
                 f"balance={self.balance} requotes={self.requotes} fills={self.fills} "
-                f"req/s={self.auth.requests_sent / elapsed:.2f} {reward_summary(self.uptime, now)}")
+                f"req/s={self.auth.requests_sent / elapsed:.2f} {reward_summary(self.uptime, self._hour_time())}")
 
 
 # ---- command line --------------------------------------------------------------------------
@@ -1142,15 +1280,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"already running: another market maker quotes {config.symbol} for {auth.address} "
               "on this machine; stop it first", file=sys.stderr)
         return EXIT_ALREADY_RUNNING
-    alerter = Alerter(alert_config, account=auth.address, symbol=config.symbol, clock=auth.clock.now)
+    alerter = Alerter(alert_config, account=auth.address, symbol=config.symbol,
+                      clock=auth.clock.monotonic)
     maker = MarketMaker(config, auth, state_path=state_file_path(config, auth.address), alerter=alerter)
     install_signal_handlers(maker)
     log.info("starting: %s wallet=%s", describe(config), auth.address)
     try:
         return maker.run()
-    except ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        return EXIT_CONFIG
     finally:
         alerter.close()  # the stop message goes out, within a second at most
         lock.close()
@@ -1170,7 +1306,7 @@ def show_status(config: Config) -> int:
         return EXIT_ERROR
     position, market = reader._read_position(), reader._read_market()
     print(format_status(config, auth.address, balance, position, market, orders,
-                        read_state(state_file_path(config, auth.address), auth.clock.now())))
+                        read_state(state_file_path(config, auth.address), auth.clock.wall())))
     return EXIT_OK
 
 

@@ -10,9 +10,11 @@ import email.utils
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
@@ -29,14 +31,21 @@ DEFAULT_AUTH_BASE_URL = "https://api.standx.com"
 DEFAULT_PERPS_BASE_URL = "https://perps.standx.com"
 CHAIN = "bsc"
 TOKEN_LIFETIME_S = 7 * 24 * 3600
-# Re-login this long before the token expires, so no call ever races the expiry.
+# Renew the token this long before it expires (at most a tenth of its lifetime), so no call
+# ever races the expiry; a failed renewal keeps the current token in use meanwhile.
 RELOGIN_MARGIN_S = 3600
+# A renewal that failed is tried again after the login backoff, but never sooner than this.
+RENEW_RETRY_MIN_S = 30.0
+# While stopping, the login backoff is ignored: a fresh attempt at most this often.
+STOP_LOGIN_SPACING_S = 1.0
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 5.0
 # A whole answer must arrive within this, however slowly the server trickles it: a read
 # timeout alone only bounds the wait for each next byte.
 REQUEST_TOTAL_S = 8.0
 BODY_CHUNK_BYTES = 65536
+# The largest answer accepted, compressed or decoded (1200 open orders are ~1.5 MB of JSON).
+MAX_BODY_BYTES = 8 * 1024 * 1024
 READ_ATTEMPTS = 3
 READ_RETRY_PAUSE_S = 0.2
 # Without Retry-After, a 429 still pauses every call for this long.
@@ -48,6 +57,11 @@ WAIT_SLICE_S = 0.5
 # Public market data needs no token; every other call carries the Bearer token.
 PUBLIC_PATHS = frozenset({"/api/query_symbol_info", "/api/query_symbol_price", "/api/health"})
 CLOCK_HINT = "the server clock looks wrong: sync it (sudo timedatectl set-ntp true)"
+# Our clock and the exchange's agree when the Date header (1 s resolution) allows no offset
+# within this much: requests are then stamped with our own clock.
+CLOCK_AGREEMENT_S = 1.0
+# Only an answer whose Date pins the exchange's clock to within this much moves the offset.
+MAX_CLOCK_SAMPLE_S = 3.0
 _MAX_MESSAGE_CHARS = 200
 # n, the order of the secp256k1 curve: a wallet key must lie in [1, n).
 SECP256K1_ORDER = 115792089237316195423570985008687907852837564279074904382605163141518161494337
@@ -59,26 +73,38 @@ GATHER_THREADS = 5
 
 
 class Clock(Protocol):
-    """Time as the daemon sees it: now, sleep, and running calls that overlap in time."""
+    """Time as the daemon sees it.
 
-    def now(self) -> float: ...
+    `monotonic()` measures every interval, deadline, timeout and backoff: it never steps.
+    `wall()` is Unix time, used only to stamp signed requests and to read token expiry.
+    """
+
+    def monotonic(self) -> float: ...
+
+    def wall(self) -> float: ...
 
     def sleep(self, seconds: float) -> None: ...
 
     def gather(self, calls: Sequence[Callable[[], T]]) -> list[T]: ...
 
+    def spawn(self, call: Callable[[], None]) -> None: ...
+
 
 class RealClock:
-    """Wall-clock time; overlapping calls run on a small thread pool.
+    """The host's clocks; overlapping calls run on a small thread pool.
 
     The backtest swaps in a virtual clock with the same methods, whose `gather` runs the calls
-    from one start time and ends at the latest of their finishes.
+    from one start time and ends at the latest of their finishes, and whose `spawn` runs the
+    call at once.
     """
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
 
-    def now(self) -> float:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
         return time.time()
 
     def sleep(self, seconds: float) -> None:
@@ -92,6 +118,10 @@ class RealClock:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=GATHER_THREADS, thread_name_prefix="gather")
         return [future.result() for future in [self._pool.submit(call) for call in calls]]
+
+    def spawn(self, call: Callable[[], None]) -> None:
+        """Run a call in the background (a token renewal), never holding up the caller."""
+        threading.Thread(target=call, name="background", daemon=True).start()
 
 
 class StandXError(Exception):
@@ -136,8 +166,8 @@ class UnknownOutcomeError(StandXError):
 
 
 def sleep_until(clock: Clock, until: float, stop: Callable[[], bool]) -> None:
-    """Sleep until `until` on the clock, waking early once `stop()` is true."""
-    while (now := clock.now()) < until and not stop():
+    """Sleep until `until` on the monotonic clock, waking early once `stop()` is true."""
+    while (now := clock.monotonic()) < until and not stop():
         clock.sleep(min(until - now, WAIT_SLICE_S))
 
 
@@ -228,6 +258,15 @@ def error_from_response(response: requests.Response) -> StandXError:
     return StandXError(message, status, code)
 
 
+def refusal_in_body(body: Any, status: int) -> StandXError | None:
+    """An answer with a 2xx status whose body carries a non-zero `code` is a refusal."""
+    code = body.get("code") if isinstance(body, dict) else None
+    if not isinstance(code, int) or isinstance(code, bool) or code == 0:
+        return None
+    message = str(body.get("message") or body.get("msg") or "no message")[:_MAX_MESSAGE_CHARS]
+    return StandXError(f"refused (code {code}): {message}", status, code)
+
+
 def retry_after_seconds(response: requests.Response) -> float:
     try:
         return max(float(response.headers.get("Retry-After", "")), 0.0)
@@ -235,15 +274,153 @@ def retry_after_seconds(response: requests.Response) -> float:
         return DEFAULT_RATE_LIMIT_BACKOFF_S
 
 
-def server_time_offset_s(response: requests.Response, local_now: float) -> float | None:
-    """Exchange time minus ours, from the answer's Date header (None when absent)."""
+def server_time_bounds(response: requests.Response, sent_wall: float,
+                       received_wall: float) -> tuple[float, float] | None:
+    """The range of (exchange time - our wall time) that the answer's Date header allows: the
+    exchange stamped it, to the second, between our sending and our receiving. None without
+    a usable Date header."""
     header = response.headers.get("Date")
     if not header:
         return None
     try:
-        return email.utils.parsedate_to_datetime(header).timestamp() - local_now
-    except (TypeError, ValueError):
+        stamped = email.utils.parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError, OverflowError):
         return None
+    return stamped - received_wall, stamped + 1.0 - sent_wall
+
+
+def next_time_offset(current: float, low: float, high: float) -> float:
+    """The offset to stamp requests with after an answer that allows [low, high]: none when our
+    clock agrees with the exchange's, the current one while it still fits, else the middle."""
+    if low - CLOCK_AGREEMENT_S <= 0.0 <= high + CLOCK_AGREEMENT_S:
+        return 0.0
+    if low <= current <= high:
+        return current
+    return (low + high) / 2
+
+
+def decode_body(raw: bytes, encoding: str | None) -> bytes:
+    """The body as sent before compression (gzip or deflate, as a CDN may apply), never more
+    than MAX_BODY_BYTES; ContentDecodingError for a garbled, cut or oversized one."""
+    name = (encoding or "").strip().lower()
+    if name in ("", "identity"):
+        return raw
+    if name in ("gzip", "x-gzip"):
+        formats = [16 + zlib.MAX_WBITS]
+    elif name == "deflate":
+        formats = [zlib.MAX_WBITS, -zlib.MAX_WBITS]  # zlib-wrapped as the RFC says, or raw
+    else:
+        raise requests.exceptions.ContentDecodingError(f"unsupported Content-Encoding {name!r}")
+    for wbits in formats:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            body = decoder.decompress(raw, MAX_BODY_BYTES + 1)
+        except zlib.error:
+            continue
+        if len(body) > MAX_BODY_BYTES or decoder.unconsumed_tail:
+            raise requests.exceptions.ContentDecodingError("answer too large once decompressed")
+        if decoder.eof:
+            return body
+    raise requests.exceptions.ContentDecodingError(f"{name} answer cannot be decoded")
+
+
+# ---- bounding a whole request in time ---------------------------------------------------------
+
+class _RequestWatch:
+    """The socket one request is using, so that its time limit can cut it off wherever it
+    waits: a server that sends its status line and headers a byte at a time never trips a
+    per-read timeout, so only shutting the socket from outside bounds the whole exchange."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._done = False
+        self.expired = False
+
+    def attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            if sock is None or self._done:
+                return
+            self._sock = sock
+            if self.expired:
+                _shut_down(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            if self._sock is not None:
+                _shut_down(self._sock)
+
+    def finish(self) -> None:
+        """The request is over: a late expiry must not touch a connection back in the pool."""
+        with self._lock:
+            self._done, self._sock = True, None
+
+
+def _shut_down(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread
+    except OSError:
+        pass
+
+
+_current_watch = threading.local()
+
+
+def _watch_socket(sock: socket.socket | None) -> None:
+    watch = getattr(_current_watch, "value", None)
+    if watch is not None:
+        watch.attach(sock)
+
+
+class _WatchedConnectionMixin:
+    """Hands the request's socket to the watch of the thread sending it: at connect for a new
+    connection, at the request for a reused one (the answer keeps the socket even after the
+    connection lets go of it)."""
+
+    sock: socket.socket | None
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        _watch_socket(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        _watch_socket(self.sock)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_WatchedConnectionMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnectionMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class BoundedHTTPAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections a time limit can cut off (see _RequestWatch)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+def bounded_session() -> requests.Session:
+    session = requests.Session()
+    adapter = BoundedHTTPAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 class StandXAuth:
@@ -251,7 +428,8 @@ class StandXAuth:
 
     `make_api_call` is the only way to the exchange. Reads are retried on network errors;
     signed writes never are (an unanswered write raises UnknownOutcomeError). Any call refused
-    with 401 (so not applied) is sent once more after a new login.
+    with 401 (so not applied) is sent once more after a new login. Every request, headers
+    included, ends within REQUEST_TOTAL_S and within the stop deadline.
     """
 
     def __init__(self, private_key: str, *, auth_base_url: str = DEFAULT_AUTH_BASE_URL,
@@ -265,21 +443,29 @@ class StandXAuth:
         self.auth_base_url = auth_base_url.rstrip("/")
         self.perps_base_url = perps_base_url.rstrip("/")
         self.clock: Clock = clock or RealClock()
-        self.session = session or requests.Session()
+        self.session = session or bounded_session()
         self.token_lifetime_s = token_lifetime_s
         self._token: str | None = None
+        # Token times are on the monotonic clock, converted once from the token's `exp`.
         self._token_expires_at = 0.0
         self._token_renew_at = 0.0
+        self._renewing = False
+        self._next_renewal_at = 0.0
         self._signing_key: SigningKey | None = None
+        # Exchange time minus our wall time, followed on every answer's Date header.
         self.time_offset_s = 0.0
+        # Set when stopping (monotonic): every request ends by then; logins ignore the backoff.
         self.deadline: float | None = None
         self.backoff_until = 0.0
         self.requests_sent = 0
         self._login_failures = 0
         self._next_login_at = 0.0
+        self._last_login_attempt_at = float("-inf")
         self.login_failure: str | None = None  # why the last login failed, until one succeeds
-        # Calls may overlap (Clock.gather): one lock guards the token and the counters.
+        # Calls may overlap (Clock.gather): `_lock` guards the token and the counters and is
+        # never held across a request; `_login_lock` lets one login run at a time.
         self._lock = threading.RLock()
+        self._login_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"StandXAuth(address={self.address!r}, logged_in={self._token is not None})"
@@ -288,29 +474,43 @@ class StandXAuth:
 
     def authenticate(self) -> None:
         """Log in with the wallet: new Ed25519 key, prepare-signin, checks, EIP-191, login."""
-        with self._lock:
+        with self._login_lock:
             self._log_in()
 
     def _log_in(self) -> None:
         """Sign in, or refuse at once while the backoff after a failed login runs, so that a
-        login that keeps failing is not retried on every call."""
-        wait_s = self._next_login_at - self.clock.now()
-        if wait_s > 0:
-            raise AuthError(f"login failed recently; next attempt in {wait_s:.0f} s")
+        login that keeps failing is not retried on every call. A stop ignores the backoff: it
+        needs a token to cancel our orders, and only its own deadline limits it."""
+        now = self.clock.monotonic()
+        not_before = self._next_login_at
+        if self.deadline is not None:
+            not_before = self._last_login_attempt_at + STOP_LOGIN_SPACING_S
+        if not_before > now:
+            raise AuthError(f"login failed recently; next attempt in {not_before - now:.0f} s")
+        self._last_login_attempt_at = now
         try:
-            self._sign_in()
+            token, signing_key = self._sign_in()
         except StandXError as exc:
-            self._login_failures += 1
-            backoff_s = min(2.0 ** (self._login_failures - 1), LOGIN_BACKOFF_MAX_S)
-            if isinstance(exc, RateLimitError):
-                backoff_s = max(backoff_s, exc.retry_after_s)
-            self._next_login_at = self.clock.now() + backoff_s
+            with self._lock:
+                self._login_failures += 1
+                backoff_s = min(2.0 ** (self._login_failures - 1), LOGIN_BACKOFF_MAX_S)
+                if isinstance(exc, RateLimitError):
+                    backoff_s = max(backoff_s, exc.retry_after_s)
+                self._next_login_at = self.clock.monotonic() + backoff_s
+                self.login_failure = str(exc)
             log.error("login failed (%s): next attempt in %.0f s", exc, backoff_s)
-            self.login_failure = str(exc)
             raise
-        self._login_failures, self._next_login_at, self.login_failure = 0, 0.0, None
+        lifetime_s = self._token_lifetime(token)
+        now = self.clock.monotonic()
+        with self._lock:
+            self._token, self._signing_key = token, signing_key
+            self._token_expires_at = now + lifetime_s
+            # Renew ahead of expiry, by at most a tenth of the lifetime actually granted.
+            self._token_renew_at = self._token_expires_at - min(RELOGIN_MARGIN_S, lifetime_s / 10)
+            self._login_failures, self._next_login_at, self.login_failure = 0, 0.0, None
+        log.info("logged in as %s (token valid for %.1f days)", self.address, lifetime_s / 86400)
 
-    def _sign_in(self) -> None:
+    def _sign_in(self) -> tuple[str, SigningKey]:
         signing_key = SigningKey.generate()
         request_id = base58.b58encode(bytes(signing_key.verify_key)).decode("ascii")
         prepared = self._auth_post("/v1/offchain/prepare-signin",
@@ -327,23 +527,19 @@ class StandXAuth:
         token = login.get("token")
         if not isinstance(token, str) or not token:
             raise AuthError("login answer has no token")
-        self._token, self._signing_key = token, signing_key
-        self._token_expires_at = self._token_expiry(token)
-        # Renew ahead of expiry, by at most a tenth of the lifetime actually granted.
-        lifetime_s = self._token_expires_at - self.clock.now()
-        self._token_renew_at = self._token_expires_at - min(RELOGIN_MARGIN_S, lifetime_s / 10)
-        log.info("logged in as %s (token valid for %.1f days)", self.address,
-                 (self._token_expires_at - self.clock.now()) / 86400)
+        return token, signing_key
 
-    def _token_expiry(self, token: str) -> float:
-        """`exp` of the access token when it has one, else our requested lifetime."""
+    def _token_lifetime(self, token: str) -> float:
+        """Seconds the token has left: its `exp` against the exchange's clock when it has one,
+        else our requested lifetime."""
         try:
             exp = decode_jwt_payload(token).get("exp")
         except AuthError:
             exp = None
-        if isinstance(exp, (int, float)) and exp > self.clock.now():
-            return float(exp)
-        return self.clock.now() + self.token_lifetime_s
+        exchange_now = self.clock.wall() + self.time_offset_s
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool) and exp > exchange_now:
+            return float(exp) - exchange_now
+        return float(self.token_lifetime_s)
 
     def _auth_post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         response = self._send("POST", self.auth_base_url + path, params={"chain": CHAIN},
@@ -360,12 +556,56 @@ class StandXAuth:
         return body
 
     def get_token(self) -> str:
-        """A valid access token, logging in first when there is none or it is about to expire."""
+        """A valid access token, logging in first when there is none or it has expired."""
+        return self._usable_credentials()[0]
+
+    def _usable_credentials(self) -> tuple[str, SigningKey | None]:
+        """The token and the signing key bound to it, taken together (another thread's login
+        must not pair an old token with a new key). A token due for renewal stays in use while
+        a renewal runs in the background; only a missing or expired one makes the caller wait
+        for a login."""
+        renew = False
         with self._lock:
-            if self._token is None or self.clock.now() >= self._token_renew_at:
-                self._log_in()
-            assert self._token is not None
-            return self._token
+            now = self.clock.monotonic()
+            if self._token is not None and now < self._token_expires_at:
+                renew = (now >= self._token_renew_at and now >= self._next_renewal_at
+                         and not self._renewing and self.deadline is None)
+                self._renewing = self._renewing or renew
+                credentials = (self._token, self._signing_key)
+            else:
+                credentials = None
+        if renew:
+            self.clock.spawn(self._renew)
+        if credentials is not None:
+            return credentials
+        with self._login_lock:
+            with self._lock:  # another thread may have logged in while we waited
+                if self._token is not None and self.clock.monotonic() < self._token_expires_at:
+                    return self._token, self._signing_key
+            self._log_in()
+            with self._lock:
+                assert self._token is not None
+                return self._token, self._signing_key
+
+    def _renew(self) -> None:
+        """A new token ahead of expiry; on failure the current one stays in use, and the next
+        attempt waits the login backoff, at least RENEW_RETRY_MIN_S."""
+        try:
+            with self._login_lock:
+                if self.clock.monotonic() >= self._next_login_at:
+                    self._log_in()
+                    return
+                raise AuthError("login failed recently")
+        except StandXError as exc:
+            with self._lock:
+                self._next_renewal_at = max(self._next_login_at,
+                                            self.clock.monotonic() + RENEW_RETRY_MIN_S)
+                left_s = self._token_expires_at - self.clock.monotonic()
+            log.warning("token renewal failed (%s): the current token stays in use (%.0f s left)",
+                        exc, left_s)
+        finally:
+            with self._lock:
+                self._renewing = False
 
     def _token_refused(self, refused: str) -> None:
         """After a 401, log in again, unless another call already replaced the refused token."""
@@ -378,18 +618,13 @@ class StandXAuth:
 
     def _body_signature_headers(self, payload_str: str,
                                 signing_key: SigningKey | None = None) -> dict[str, str]:
-        """Fresh id and timestamp for every call, signed with the key bound to our token."""
+        """Fresh id and timestamp for every call, signed with the key bound to our token; the
+        timestamp is our wall clock corrected to the exchange's."""
         signing_key = signing_key or self._signing_key
         if signing_key is None:
             raise AuthError("not logged in: no request signing key yet")
-        timestamp_ms = int((self.clock.now() + self.time_offset_s) * 1000)
+        timestamp_ms = int((self.clock.wall() + self.time_offset_s) * 1000)
         return sign_request(signing_key, str(uuid.uuid4()), timestamp_ms, payload_str)
-
-    def _credentials(self) -> tuple[str, SigningKey | None]:
-        """The token and the signing key bound to it, taken together: another thread's
-        re-login must not pair an old token with a new key."""
-        with self._lock:
-            return self.get_token(), self._signing_key
 
     # ---- calls -------------------------------------------------------------------------
 
@@ -406,7 +641,7 @@ class StandXAuth:
         if self.read_only and method != "GET":
             raise StandXError(f"read-only client: {method} {endpoint} refused")
         public = endpoint in PUBLIC_PATHS
-        credentials = None if public else self._credentials()
+        credentials = None if public else self._usable_credentials()
         try:
             return self._call_once(endpoint, method, data, params, headers_extra, raw_body, credentials)
         except AuthError as exc:
@@ -414,7 +649,7 @@ class StandXAuth:
                 raise
             self._token_refused(credentials[0])
             return self._call_once(endpoint, method, data, params, headers_extra, raw_body,
-                                   self._credentials())
+                                   self._usable_credentials())
 
     def _call_once(self, endpoint: str, method: str, data: Any, params: dict[str, Any] | None,
                    headers_extra: dict[str, str] | None, raw_body: str | None,
@@ -440,16 +675,26 @@ class StandXAuth:
         if status >= 400:
             error = error_from_response(response)
             if isinstance(error, RateLimitError):
-                self.backoff_until = max(self.backoff_until, self.clock.now() + error.retry_after_s)
+                self.backoff_until = max(self.backoff_until,
+                                         self.clock.monotonic() + error.retry_after_s)
             if isinstance(error, SignatureExpiredError):
-                self._learn_clock_offset(response)
+                log.error("request signature expired (our clock %+.1f s from the exchange's "
+                          "as last measured); %s", -self.time_offset_s, CLOCK_HINT)
             raise error
         try:
-            return self._json_body(response)
+            body = self._json_body(response)
         except StandXError as exc:
             if is_write:
                 raise UnknownOutcomeError(exc.message, status) from None
             raise
+        refusal = refusal_in_body(body, status)
+        if refusal is not None:
+            # HTTP 200 whose body says it failed: a refusal, not a success. A server-side
+            # failure code on a write leaves its outcome unknown.
+            if is_write and refusal.code is not None and refusal.code >= 500:
+                raise UnknownOutcomeError(refusal.message, status)
+            raise refusal
+        return body
 
     @staticmethod
     def _json_body(response: requests.Response) -> Any:
@@ -458,14 +703,22 @@ class StandXAuth:
         except ValueError:
             raise StandXError("malformed JSON in answer", response.status_code) from None
 
-    def _learn_clock_offset(self, response: requests.Response) -> None:
-        offset = server_time_offset_s(response, self.clock.now())
-        if offset is not None and abs(offset) >= 1.0:
-            self.time_offset_s = offset
-            log.error("exchange clock differs from ours by %.1f s: signing with that offset; %s",
-                      offset, CLOCK_HINT)
-        else:
-            log.error("request signature expired; %s", CLOCK_HINT)
+    def _follow_exchange_clock(self, response: requests.Response, sent_wall: float,
+                               received_wall: float) -> None:
+        """Keep the signing offset on the exchange's clock, both ways: after the operator fixes
+        a wrong clock the offset returns to zero; after a step it follows at once."""
+        bounds = server_time_bounds(response, sent_wall, received_wall)
+        if bounds is None or bounds[1] - bounds[0] > MAX_CLOCK_SAMPLE_S:
+            return  # no Date, or a round trip too slow to say anything precise
+        with self._lock:
+            before = self.time_offset_s
+            self.time_offset_s = after = next_time_offset(before, *bounds)
+        if abs(after - before) >= CLOCK_AGREEMENT_S:
+            if after == 0.0:
+                log.warning("our clock agrees with the exchange's again: signing with it as is")
+            else:
+                log.error("exchange clock differs from ours by %.1f s: signing with that offset; %s",
+                          after, CLOCK_HINT)
 
     def _send(self, method: str, url: str, *, params: dict[str, Any] | None, data: str | None,
               headers: dict[str, str], is_write: bool) -> requests.Response:
@@ -474,15 +727,13 @@ class StandXAuth:
         # Writes are never re-sent; once stopping, the time left goes to cancelling, not retries.
         attempts = 1 if is_write or self.deadline is not None else READ_ATTEMPTS
         for attempt in range(1, attempts + 1):
-            timeout = self._timeout()
             try:
                 with self._lock:
                     self.requests_sent += 1
-                started = self.clock.now()
-                response = self.session.request(method, url, params=params, headers=headers,
-                                                data=data.encode("utf-8") if data is not None else None,
-                                                timeout=timeout, stream=True)
-                self._receive(response, started)
+                sent_wall = self.clock.wall()
+                response = self._exchange(method, url, params, data, headers)
+                if url.startswith(self.perps_base_url):
+                    self._follow_exchange_clock(response, sent_wall, self.clock.wall())
                 return response
             except requests.exceptions.ConnectTimeout:
                 # Nothing reached the exchange: safe to report as a plain failure, even for a write.
@@ -501,36 +752,70 @@ class StandXAuth:
                 break
         raise StandXError(f"exchange unreachable ({failure})")
 
-    def _receive(self, response: requests.Response, started: float) -> None:
-        """Read the whole body, giving up once the answer has taken REQUEST_TOTAL_S (or the
-        stop deadline has passed), however slowly it trickles in."""
-        chunks = []
-        too_slow = False
+    def _exchange(self, method: str, url: str, params: dict[str, Any] | None, data: str | None,
+                  headers: dict[str, str]) -> requests.Response:
+        """Send the request and read the whole answer within the time budget, whatever the
+        server does: connect, headers and body together end by then."""
+        budget_s = self._time_budget()
+        timeout = urllib3.util.Timeout(connect=min(CONNECT_TIMEOUT_S, budget_s),
+                                       read=min(READ_TIMEOUT_S, budget_s), total=budget_s)
+        watch = _RequestWatch()
+        timer = threading.Timer(budget_s, watch.expire)
+        timer.daemon = True
+        watched = isinstance(self.session.get_adapter(url), BoundedHTTPAdapter)
+        if watched:
+            _current_watch.value = watch
+            timer.start()
         try:
-            while not too_slow and (chunk := response.raw.read1(BODY_CHUNK_BYTES)):
+            response = self.session.request(method, url, params=params, headers=headers,
+                                            data=data.encode("utf-8") if data is not None else None,
+                                            timeout=timeout, stream=True)
+            self._receive(response)
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if watch.expired:
+                raise requests.exceptions.ReadTimeout(f"no whole answer within {budget_s:.1f} s") from None
+            if isinstance(exc, requests.exceptions.RequestException):
+                raise
+            raise requests.exceptions.ConnectionError(type(exc).__name__) from None
+        finally:
+            if watched:
+                _current_watch.value = None
+                timer.cancel()
+            watch.finish()
+        if watch.expired:  # the socket was shut mid-answer: what arrived may be cut short
+            raise requests.exceptions.ReadTimeout(f"no whole answer within {budget_s:.1f} s")
+        return response
+
+    @staticmethod
+    def _receive(response: requests.Response) -> None:
+        """Read the whole body, at most MAX_BODY_BYTES, and undo any compression."""
+        chunks, size = [], 0
+        if isinstance(response.raw, urllib3.response.BaseHTTPResponse):
+            response.raw.decode_content = False  # raw bytes: decode_body undoes compression, bounded
+        try:
+            while chunk := response.raw.read1(BODY_CHUNK_BYTES):
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise requests.exceptions.ContentDecodingError("answer too large")
                 chunks.append(chunk)
-                too_slow = self.clock.now() - started > REQUEST_TOTAL_S or self._past_deadline()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise requests.exceptions.ConnectionError(f"answer cut off ({type(exc).__name__})") from None
         finally:
             response.close()
-        if too_slow:
-            raise requests.exceptions.ReadTimeout("the answer is arriving too slowly")
-        response._content = b"".join(chunks)
+        response._content = decode_body(b"".join(chunks), response.headers.get("Content-Encoding"))
 
-    def _timeout(self) -> tuple[float, float]:
-        """Connect/read timeouts, shortened to what is left of a stop deadline."""
+    def _time_budget(self) -> float:
+        """REQUEST_TOTAL_S, shortened to what is left of a stop deadline."""
         if self.deadline is None:
-            return (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
-        left = max(self.deadline - self.clock.now(), 0.1)
-        return (min(CONNECT_TIMEOUT_S, left), min(READ_TIMEOUT_S, left))
+            return REQUEST_TOTAL_S
+        return max(min(REQUEST_TOTAL_S, self.deadline - self.clock.monotonic()), 0.1)
 
     def _past_deadline(self) -> bool:
-        return self.deadline is not None and self.clock.now() >= self.deadline
+        return self.deadline is not None and self.clock.monotonic() >= self.deadline
 
     def _wait_out_rate_limit(self) -> None:
         """After a 429, every call waits until the exchange's Retry-After has passed."""
-        wait_s = self.backoff_until - self.clock.now()
+        wait_s = self.backoff_until - self.clock.monotonic()
         if wait_s > 0:
             log.info("rate limited: waiting %.1f s before the next request", wait_s)
             # A stop request ends the wait: cancelling our orders matters more than the pause.

@@ -10,7 +10,7 @@ import threading
 from decimal import Decimal
 
 from market_maker import number_argument
-from standx_auth import RealClock
+from .clock import WallClock
 
 from .market import Market, RecordedMarket, SyntheticMarket
 from .server import SimServer
@@ -68,14 +68,14 @@ def backtest_command(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
-def _market(args: argparse.Namespace, clock: RealClock) -> Market:
+def _market(args: argparse.Namespace, clock: WallClock) -> Market:
     if not args.market_data:
         return SyntheticMarket(seed=args.seed, start_ts=clock.now(), volatility_bps_per_sqrt_s=args.volatility_bps)
     return RecordedMarket(args.market_data)
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    clock = RealClock()
+    clock = WallClock()
     try:
         market = _market(args, clock)
     except FileNotFoundError as e:

@@ -18,6 +18,7 @@ from eth_account import Account
 import market_maker as mm
 from standx_auth import RealClock, StandXAuth
 
+from .clock import WallClock
 from .figures import run_figures
 from .market import Market, RecordedMarket
 from .server import SimServer
@@ -55,12 +56,11 @@ def summary(report: dict[str, Any]) -> str:
 def run_simulation(config: mm.Config, market_data: list[str] | None, duration_s: float | None,
                    report_path: str) -> int:
     """Serve a simulator on 127.0.0.1, run the daemon against it, report. The exit code."""
-    clock = RealClock()
-    sim = Simulator(clock, load_market(market_data), meter_qty=config.qty)
+    sim = Simulator(WallClock(), load_market(market_data), meter_qty=config.qty)
     server = SimServer(sim)
     url = server.start()
     config = dataclasses.replace(config, auth_base_url=url, perps_base_url=url)
-    auth = StandXAuth(config.private_key, auth_base_url=url, perps_base_url=url, clock=clock)
+    auth = StandXAuth(config.private_key, auth_base_url=url, perps_base_url=url, clock=RealClock())
     maker = mm.MarketMaker(config, auth)
     mm.install_signal_handlers(maker)
     log.info("simulator at %s; %s", url, mm.describe(config))

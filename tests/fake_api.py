@@ -35,6 +35,7 @@ class FakeApi:
         self.position = Decimal(0)
         self.open: list[dict[str, Any]] = []
         self.final: dict[str, str] = {}  # cl_ord_id -> final status, for query_order
+        self.filled: dict[str, str] = {}  # cl_ord_id -> fill_qty of a filled order
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.failures: dict[str, Exception] = {}
         self.next_id = 1
@@ -120,24 +121,32 @@ class FakeApi:
             if order["cl_ord_id"] == cl_ord_id:
                 return dict(order)
         if cl_ord_id in self.final:
-            return {"cl_ord_id": cl_ord_id, "status": self.final[cl_ord_id]}
+            return {"cl_ord_id": cl_ord_id, "status": self.final[cl_ord_id],
+                    "fill_qty": self.filled.get(cl_ord_id, "0")}
         raise StandXError("order not found", 404)
 
     def cancel_order(self, auth: Any, order_id: int | None = None,
                      cl_ord_id: str | None = None) -> dict[str, Any]:
         self._record("cancel_order", order_id=order_id, cl_ord_id=cl_ord_id)
-        self.open = [o for o in self.open if o["cl_ord_id"] != cl_ord_id and o["id"] != order_id]
+        self._cancel(lambda o: o["cl_ord_id"] == cl_ord_id or o["id"] == order_id)
         return {"code": 0, "message": "success"}
 
     def cancel_orders(self, auth: Any, order_ids: list[int] | None = None,
                       cl_ord_ids: list[str] | None = None) -> dict[str, Any]:
         self._record("cancel_orders", order_ids=order_ids, cl_ord_ids=cl_ord_ids)
         gone = set(cl_ord_ids or [])
-        self.open = [o for o in self.open if o["cl_ord_id"] not in gone]
+        self._cancel(lambda o: o["cl_ord_id"] in gone)
         return {"code": 0, "message": "success"}
+
+    def _cancel(self, chosen) -> None:
+        """Cancelled orders leave the book; query_order then answers their final status."""
+        for order in [o for o in self.open if chosen(o)]:
+            self.open.remove(order)
+            self.final[order["cl_ord_id"]] = "canceled"
 
     def fill(self, side: str) -> None:
         """Our resting order on `side` is filled: it leaves the book, the position moves."""
         order = self.ours(side)[0]
         self.open.remove(order)
+        self.final[order["cl_ord_id"]], self.filled[order["cl_ord_id"]] = "filled", order["qty"]
         self.position += Decimal(order["qty"]) if side == "buy" else -Decimal(order["qty"])

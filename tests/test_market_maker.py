@@ -7,7 +7,7 @@ import pytest
 
 import market_maker as mm
 from standx_auth import StandXError, UnknownOutcomeError
-from tests.exchange_fakes import FakeClock
+from tests.exchange_fakes import START_TIME as START, FakeClock
 from tests.fake_api import FakeApi, FakeAuth
 
 KEY = "0x" + "11" * 32
@@ -221,11 +221,49 @@ def test_orders_are_read_only_to_confirm_or_audit(maker, exchange):
     assert len(exchange.calls_of("query_open_orders")) == reads + 1  # the audit
 
 
-def test_the_audit_finds_a_quote_that_disappeared(maker, exchange):
+def test_a_quote_that_disappeared_is_replaced_once_its_status_says_no_fill(maker, exchange):
     maker.run_once()
     step(maker)
-    exchange.open = [o for o in exchange.open if o["side"] != "buy"]  # cancelled by the exchange
+    buy = exchange.ours("buy")[0]
+    exchange.open.remove(buy)
+    exchange.final[buy["cl_ord_id"]] = "canceled"  # cancelled by the exchange, nothing filled
+    step(maker, mm.AUDIT_EVERY_S)  # the audit finds it gone: it may have filled
+    assert [c["side"] for c in placed(exchange)][2:] == []
+    step(maker)  # its status says no fill, and a position read sent since shows none
+    assert exchange.calls_of("query_order")[-1] == {"cl_ord_id": buy["cl_ord_id"]}
+    assert [c["side"] for c in placed(exchange)][2:] == ["buy"]
+
+
+def test_a_filled_quote_whose_fill_the_position_does_not_show_yet_gets_no_new_quote(maker, exchange):
+    maker.run_once()
+    step(maker)
+    buy = exchange.ours("buy")[0]
+    exchange.open.remove(buy)  # filled, but the position answer lags the fill
+    exchange.final[buy["cl_ord_id"]], exchange.filled[buy["cl_ord_id"]] = "filled", "0.005"
+    for _ in range(6):
+        step(maker, mm.AUDIT_EVERY_S / 2)
+    assert [c["side"] for c in placed(exchange)][2:] == []
+    exchange.position = Decimal("0.005")  # the fill shows: closed at once, still no new buy
+    step(maker)
+    assert exchange.calls_of("new_market_order")[-1]["side"] == "sell"
+    assert [c["side"] for c in placed(exchange)][2:] == []
+    step(maker)  # flat again, the fill seen and closed: the buy side quotes again
+    assert [c["side"] for c in placed(exchange)][2:] == ["buy"]
+
+
+def test_a_vanished_quote_of_unknown_status_waits_for_the_fill_check_limit(maker, exchange):
+    maker.run_once()
+    step(maker)
+    buy = exchange.ours("buy")[0]
+    exchange.open.remove(buy)
+    exchange.fail("query_order")
     step(maker, mm.AUDIT_EVERY_S)
+    found_gone_at = maker.clock.now()
+    while maker.clock.now() < found_gone_at + mm.FILL_CHECK_MAX_S:
+        assert [c["side"] for c in placed(exchange)][2:] == []
+        step(maker)
+    step(maker)
+    step(maker)
     assert [c["side"] for c in placed(exchange)][2:] == ["buy"]
 
 
@@ -257,11 +295,27 @@ def test_side_with_order_in_flight_is_not_quoted_again(maker, exchange):
     assert len(placed(exchange)) == 2
 
 
-def test_order_never_seen_is_treated_as_lost_after_the_timeout(maker, exchange):
+def test_order_never_seen_gets_no_duplicate_until_the_exchange_is_known_not_to_have_it(maker, exchange):
     maker.run_once()
-    exchange.open = [o for o in exchange.open if o["side"] == "buy"]
-    step(maker, mm.ORDER_VISIBLE_TIMEOUT_S + 0.1)
+    exchange.open = [o for o in exchange.open if o["side"] == "buy"]  # the sell never shows up
+    while maker.clock.now() < START + mm.UNSEEN_GIVE_UP_S - 1:
+        step(maker)
+        assert [c["side"] for c in placed(exchange)] == ["buy", "sell"]
+    step(maker, 1.5)
     assert [c["side"] for c in placed(exchange)] == ["buy", "sell", "sell"]
+
+
+def test_order_that_becomes_visible_after_several_seconds_is_kept_not_doubled(maker, exchange):
+    maker.run_once()
+    late = [o for o in exchange.open if o["side"] == "sell"][0]
+    exchange.open.remove(late)
+    for _ in range(8):  # 4 s of not being visible
+        step(maker)
+    exchange.open.append(late)
+    step(maker)
+    step(maker)
+    assert [c["side"] for c in placed(exchange)] == ["buy", "sell"]
+    assert exchange.calls_of("cancel_orders") == []
 
 
 def test_order_rejected_during_matching_is_known_by_lookup_before_the_timeout(maker, exchange):
@@ -281,13 +335,14 @@ def test_order_not_visible_yet_is_not_looked_up_before_a_second(maker, exchange)
     assert exchange.calls_of("query_order") == []
 
 
-def test_lost_order_that_shows_up_later_is_cancelled(maker, exchange):
+def test_order_given_up_that_shows_up_later_is_cancelled_as_a_stray(maker, exchange):
     maker.run_once()
     lost = [o for o in exchange.open if o["side"] == "sell"][0]
     exchange.open.remove(lost)
-    step(maker, mm.ORDER_VISIBLE_TIMEOUT_S + 0.1)
+    step(maker, mm.UNSEEN_GIVE_UP_S + 0.1)
+    step(maker)  # the sell side is quoted again
     exchange.open.append(lost)
-    step(maker)
+    step(maker, mm.AUDIT_EVERY_S)
     assert lost["cl_ord_id"] in exchange.calls_of("cancel_orders")[-1]["cl_ord_ids"]
     assert len(exchange.ours("sell")) == 1
 
@@ -498,14 +553,29 @@ def test_shutdown_reports_failure_when_cancels_cannot_be_confirmed(maker, exchan
     assert maker.clock.now() - started <= mm.STOP_DEADLINE_S + 1
 
 
-def test_shutdown_waits_for_an_unseen_order_until_the_exchange_knows_it(maker, exchange):
+def test_shutdown_is_not_clean_while_an_accepted_order_may_still_appear(maker, exchange):
     maker.run_once()  # both quotes sent, neither seen yet
     ids = [o.cl_ord_id for o in maker.orders]
     exchange.open.clear()  # cancelled before ever becoming visible...
     exchange.final[ids[0]] = "canceled"  # ...and the exchange knows about only one of them
-    started = maker.clock.now()
+    assert maker.shutdown() is False
+    assert maker.clock.now() >= START + mm.STOP_DEADLINE_S
+
+
+def test_shutdown_cancels_an_order_that_becomes_visible_late_before_saying_clean(maker, exchange):
+    maker.run_once()
+    late = [o for o in exchange.open if o["side"] == "sell"][0]
+    exchange.open.remove(late)  # accepted, not visible yet
+    sleep = maker.clock.sleep
+
+    def sleep_then_show(seconds):
+        sleep(seconds)
+        if maker.clock.now() >= START + 4 and late not in exchange.open and late["cl_ord_id"] not in exchange.final:
+            exchange.open.append(late)
+    maker.clock.sleep = sleep_then_show
     assert maker.shutdown() is True
-    assert maker.clock.now() - started >= mm.ORDER_VISIBLE_TIMEOUT_S - 0.5  # waited for the other
+    assert exchange.ours() == []
+    assert exchange.final[late["cl_ord_id"]] == "canceled"
 
 
 def test_shutdown_is_quick_when_every_unseen_order_is_known_to_be_final(maker, exchange):

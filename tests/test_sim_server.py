@@ -1,17 +1,20 @@
 """The simulator over real HTTP on 127.0.0.1, its control endpoints, and `python -m standx_sim serve`."""
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import requests
 
-from standx_auth import RealClock
+from standx_sim.clock import WallClock
 from standx_sim import SimServer, Simulator, SyntheticMarket
 from tests.sim_helpers import SimClient, compact, flat_sim
 
@@ -22,7 +25,7 @@ TIMEOUT_S = 5
 @pytest.fixture
 def served():
     """A quiet market served on a free loopback port with a short visibility delay."""
-    clock = RealClock()
+    clock = WallClock()
     market = SyntheticMarket(start_ts=clock.now(), volatility_bps_per_sqrt_s=0, spread_usd=(Decimal("0.2"),) * 2)
     sim = Simulator(clock, market, visibility_delay_s=0.05)
     server = SimServer(sim)
@@ -143,6 +146,32 @@ def test_stall_over_http_times_out_the_client(served):
     sim.faults.add("stall", path="/api/query_balance", stall_s=1.0)
     with pytest.raises(requests.exceptions.ReadTimeout):
         client.http.get(f"{url}/api/query_balance", headers=client.auth_headers(), timeout=0.2)
+
+
+def test_slow_headers_over_http_trickle_in_under_a_short_read_timeout(served):
+    sim, url, _ = served
+    sim.faults.add("slow_headers", path="/api/query_symbol_info", stall_s=1.0)
+    started = time.monotonic()
+    response = requests.get(f"{url}/api/query_symbol_info", params={"symbol": "BTC-USD"}, timeout=(TIMEOUT_S, 0.3))
+    assert time.monotonic() - started >= 1.0
+    assert response.status_code == 200 and response.json()[0]["symbol"] == "BTC-USD"
+
+
+def test_answers_over_http_are_gzip_compressed_for_a_client_that_accepts_gzip(served):
+    _, url, _ = served
+    response = requests.get(f"{url}/api/query_symbol_info", params={"symbol": "BTC-USD"}, timeout=TIMEOUT_S,
+                            stream=True)
+    assert response.headers["Content-Encoding"] == "gzip"
+    raw = response.raw.read1(1 << 16)  # still compressed, as the daemon reads it
+    assert int(response.headers["Content-Length"]) == len(raw)
+    assert json.loads(gzip.decompress(raw))[0]["symbol"] == "BTC-USD"
+
+
+def test_compress_control_over_http_turns_compression_off(served):
+    _, url, _ = served
+    assert control(url, "compress", {"on": False}).status_code == 200
+    response = requests.get(f"{url}/api/health", timeout=TIMEOUT_S)
+    assert "Content-Encoding" not in response.headers and response.text == "OK"
 
 
 def run_cli(*args: str) -> subprocess.Popen:

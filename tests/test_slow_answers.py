@@ -12,7 +12,8 @@ from standx_auth import StandXAuth, StandXError, UnknownOutcomeError
 
 
 class TricklingHandler(BaseHTTPRequestHandler):
-    """Sends the headers at once, then the body one byte every 0.1 s."""
+    """Sends the headers at once, then the body one byte every 0.1 s; on /slow_headers/...,
+    the status line and headers themselves one byte every 0.1 s."""
 
     def do_GET(self) -> None:
         self._trickle()
@@ -23,15 +24,24 @@ class TricklingHandler(BaseHTTPRequestHandler):
 
     def _trickle(self) -> None:
         body = b'{"code": 0, "message": "success", "padding": "' + b"x" * 100 + b'"}'
+        if self.path.startswith("/slow_headers/"):
+            head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"x" * 200
+                    + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+            self._dribble(head)
+            self._dribble(body, 0.0)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self._dribble(body)
+
+    def _dribble(self, data: bytes, pause_s: float = 0.1) -> None:
         try:
-            for byte in body:
+            for byte in data:
                 self.wfile.write(bytes([byte]))
                 self.wfile.flush()
-                time.sleep(0.1)
+                time.sleep(pause_s)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -54,7 +64,7 @@ def trickling_url():
 def auth(trickling_url, monkeypatch):
     monkeypatch.setattr(standx_auth, "REQUEST_TOTAL_S", 0.5)
     client = StandXAuth("0x" + "11" * 32, auth_base_url=trickling_url, perps_base_url=trickling_url)
-    client._token, client._token_renew_at = "test-token", float("inf")
+    client._token, client._token_renew_at, client._token_expires_at = "test-token", float("inf"), float("inf")
     client._signing_key = standx_auth.SigningKey.generate()
     return client
 
@@ -73,8 +83,42 @@ def test_an_order_whose_answer_trickles_in_has_an_unknown_outcome(auth):
 
 def test_a_stop_deadline_cuts_a_trickling_answer_short(auth, monkeypatch):
     monkeypatch.setattr(standx_auth, "REQUEST_TOTAL_S", 60.0)
-    auth.deadline = time.time() + 0.5
+    auth.deadline = time.monotonic() + 0.5
     started = time.monotonic()
     with pytest.raises(StandXError):
         auth.make_api_call("/api/query_positions")
+    assert time.monotonic() - started < 2
+
+
+@pytest.fixture
+def slow_headers_auth(trickling_url, monkeypatch):
+    """A client whose perps host sends its status line and headers a byte every 0.1 s."""
+    monkeypatch.setattr(standx_auth, "REQUEST_TOTAL_S", 0.5)
+    client = StandXAuth("0x" + "11" * 32, auth_base_url=trickling_url,
+                        perps_base_url=trickling_url + "/slow_headers")
+    client._token, client._token_renew_at, client._token_expires_at = "test-token", float("inf"), float("inf")
+    client._signing_key = standx_auth.SigningKey.generate()
+    return client
+
+
+def test_headers_sent_a_byte_at_a_time_fail_the_read_after_the_total_limit(slow_headers_auth):
+    started = time.monotonic()
+    with pytest.raises(StandXError, match="ReadTimeout"):
+        slow_headers_auth.make_api_call("/api/query_positions")
+    assert time.monotonic() - started < 3  # 3 attempts of ~0.5 s, not 3 x 30 s of headers
+
+
+def test_an_order_whose_headers_trickle_in_has_an_unknown_outcome_within_the_limit(slow_headers_auth):
+    started = time.monotonic()
+    with pytest.raises(UnknownOutcomeError):
+        slow_headers_auth.make_api_call("/api/new_order", method="POST", data={"symbol": "BTC-USD"})
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_stop_deadline_cuts_trickling_headers_short(slow_headers_auth, monkeypatch):
+    monkeypatch.setattr(standx_auth, "REQUEST_TOTAL_S", 60.0)
+    slow_headers_auth.deadline = time.monotonic() + 0.5
+    started = time.monotonic()
+    with pytest.raises(StandXError):
+        slow_headers_auth.make_api_call("/api/query_positions")
     assert time.monotonic() - started < 2

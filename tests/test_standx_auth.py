@@ -292,8 +292,9 @@ def test_relogin_when_clock_passes_token_exp_minus_margin(auth, rsps, clock):
     auth.get_token()
     assert login.logins == 1
     clock.advance(1)
-    assert auth.get_token() == login.tokens[1]
+    assert auth.get_token() == login.tokens[0]  # the call that starts the renewal is not held up
     assert login.logins == 2
+    assert auth.get_token() == login.tokens[1]
 
 
 def test_token_without_exp_falls_back_to_expires_seconds(auth, rsps, clock):
@@ -598,8 +599,9 @@ def test_every_request_passes_explicit_short_timeouts(auth, login, rsps):
     auth.make_api_call("/api/new_order", method="POST", data=ORDER)
     assert len(rsps.calls) == 4  # prepare-signin, login, GET, POST
     for call in rsps.calls:
-        connect, read = call.request.req_kwargs["timeout"]
-        assert 0 < connect <= 5 and 0 < read <= 10
+        timeout = call.request.req_kwargs["timeout"]
+        assert 0 < timeout.connect_timeout <= 5 and 0 < timeout.read_timeout <= 10
+        assert timeout.total == standx_auth.REQUEST_TOTAL_S  # headers included
 
 
 def test_deadline_shortens_the_timeout(auth, login, rsps, clock):
@@ -607,7 +609,8 @@ def test_deadline_shortens_the_timeout(auth, login, rsps, clock):
     rsps.add(responses.GET, f"{PERPS}/api/query_positions", json=[])
     auth.deadline = clock.now() + 2.0
     auth.make_api_call("/api/query_positions")
-    assert perps_calls(rsps)[0].request.req_kwargs["timeout"] == (2.0, 2.0)
+    timeout = perps_calls(rsps)[0].request.req_kwargs["timeout"]
+    assert (timeout.connect_timeout, timeout.read_timeout, timeout.total) == (2.0, 2.0, 2.0)
 
 
 def test_reached_deadline_stops_read_retries(auth, login, rsps, clock):
@@ -634,3 +637,108 @@ def test_no_read_retry_is_sent_after_the_deadline(auth, login, rsps, clock):
     with pytest.raises(StandXError):
         auth.make_api_call("/api/query_positions")
     assert all(t < auth.deadline for t in sent_at)
+
+
+# ---- 12. money-losing defects of issue 9 --------------------------------------------------------
+
+def dated(clock, offset_s: float) -> dict[str, str]:
+    """A Date header for an exchange whose clock is `offset_s` ahead of the true time."""
+    return {"Date": email.utils.formatdate(clock.now() + offset_s, usegmt=True)}
+
+
+def test_clock_offset_returns_to_zero_once_the_clocks_agree_again(auth, login, rsps, clock):
+    url = f"{PERPS}/api/new_order"
+    rsps.add(responses.POST, url, json={"code": 403, "message": "signature has expired"},
+             status=403, headers=dated(clock, 45))
+    with pytest.raises(SignatureExpiredError):
+        auth.make_api_call("/api/new_order", method="POST", data=ORDER)
+    assert auth.time_offset_s == pytest.approx(45, abs=1)
+    rsps.replace(responses.POST, url, json={"code": 0}, headers=dated(clock, 0))  # clock fixed
+    auth.make_api_call("/api/new_order", method="POST", data=ORDER)
+    assert auth.time_offset_s == 0.0
+    auth.make_api_call("/api/new_order", method="POST", data=ORDER)
+    sent_ms = int(perps_calls(rsps)[-1].request.headers["x-request-timestamp"])
+    assert sent_ms == int(clock.wall() * 1000)
+
+
+def test_clock_offset_follows_a_step_of_our_wall_clock_either_way(auth, login, rsps, clock):
+    rsps.add(responses.GET, f"{PERPS}/api/query_positions", json=[])
+    rsps.add(responses.POST, f"{PERPS}/api/new_order", json={"code": 0})
+    for step_s in (-60, +60, +90):
+        clock.step_wall(step_s)
+        rsps.replace(responses.GET, f"{PERPS}/api/query_positions", json=[], headers=dated(clock, 0))
+        auth.make_api_call("/api/query_positions")
+        auth.make_api_call("/api/new_order", method="POST", data=ORDER)
+        sent_ms = int(perps_calls(rsps)[-1].request.headers["x-request-timestamp"])
+        assert sent_ms == pytest.approx(clock.now() * 1000, abs=1500)  # the exchange's time
+
+
+def test_a_failed_early_renewal_keeps_the_valid_token_in_use(auth, rsps, clock):
+    login = FakeLogin(rsps, clock, token_ttl_s=86400)
+    rsps.add(responses.GET, f"{PERPS}/api/query_positions", json=[])
+    auth.get_token()
+    rsps.replace(responses.POST, f"{AUTH}/v1/offchain/prepare-signin", status=500,
+                 json={"code": 500, "message": "internal server error"})
+    clock.advance(86400 - standx_auth.RELOGIN_MARGIN_S + 1)  # renewal due, token still valid
+    for _ in range(120):  # a minute of calls while every login fails
+        assert auth.make_api_call("/api/query_positions") == []
+        clock.advance(0.5)
+    sent = [c.request.headers["Authorization"] for c in perps_calls(rsps)]
+    assert set(sent) == {f"Bearer {login.tokens[0]}"}
+    attempts = [c for c in rsps.calls if "prepare-signin" in c.request.url]
+    assert 1 <= len(attempts) <= 60 / standx_auth.RENEW_RETRY_MIN_S + 1  # spaced, not per call
+
+
+def test_a_short_lived_token_is_renewed_once_per_lifetime_not_per_call(auth, rsps, clock):
+    login = FakeLogin(rsps, clock, token_ttl_s=60)
+    rsps.add(responses.GET, f"{PERPS}/api/query_positions", json=[])
+    for _ in range(600):  # five minutes of calls
+        auth.make_api_call("/api/query_positions")
+        clock.advance(0.5)
+    assert login.logins <= 300 / (60 * 0.9) + 2
+
+
+def test_a_stop_logs_in_afresh_despite_the_login_backoff(auth, rsps, clock):
+    failing = rsps.add(responses.POST, f"{AUTH}/v1/offchain/prepare-signin", status=500,
+                       json={"code": 500, "message": "internal server error"})
+    for _ in range(9):  # the backoff grows to minutes
+        with pytest.raises(AuthError):
+            auth.get_token()
+        clock.advance(auth._next_login_at - clock.monotonic())
+    with pytest.raises(AuthError):
+        auth.get_token()
+    assert auth._next_login_at - clock.monotonic() >= 200
+    rsps.remove(failing)  # the exchange recovers, well inside the backoff
+    login = FakeLogin(rsps, clock)
+    clock.advance(standx_auth.STOP_LOGIN_SPACING_S)
+    auth.deadline = clock.monotonic() + 13
+    assert auth.get_token() == login.tokens[0]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_answer_is_decoded(auth, login, rsps, encoding):
+    import gzip
+    import zlib
+    body = json.dumps({"page_size": 1, "result": [], "total": 0}).encode()
+    packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    rsps.add(responses.GET, f"{PERPS}/api/query_open_orders", body=packed,
+             headers={"Content-Encoding": encoding}, content_type="application/json")
+    assert auth.make_api_call("/api/query_open_orders") == {"page_size": 1, "result": [], "total": 0}
+
+
+def test_a_compressed_answer_too_large_once_decoded_is_refused(auth, login, rsps, monkeypatch):
+    import gzip
+    monkeypatch.setattr(standx_auth, "MAX_BODY_BYTES", 1000)
+    rsps.add(responses.GET, f"{PERPS}/api/query_open_orders",
+             body=gzip.compress(b'{"pad":"' + b"x" * 5000 + b'"}'), headers={"Content-Encoding": "gzip"})
+    with pytest.raises(StandXError, match="ContentDecodingError"):
+        auth.make_api_call("/api/query_open_orders")
+
+
+def test_http_200_whose_body_carries_a_non_zero_code_is_a_refusal(auth, login, rsps):
+    rsps.add(responses.POST, f"{PERPS}/api/new_order", json={"code": 400, "message": "invalid qty"})
+    with pytest.raises(StandXError) as info:
+        auth.make_api_call("/api/new_order", method="POST", data=ORDER)
+    assert not isinstance(info.value, UnknownOutcomeError)
+    assert (info.value.status, info.value.code) == (200, 400)
+    assert "invalid qty" in str(info.value)

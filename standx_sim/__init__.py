@@ -7,11 +7,14 @@ Parts:
     exchange.Exchange        the engine: orders, matching, positions, fees, uptime metering
                              (its docstring states the fill model).
     api.Api                  every endpoint of the contract with its checks, as one handler.
-    faults.Faults            fault rules (5xx, HTML pages, malformed JSON, 429, stalls,
-                             accept-then-504, dropped connections).
+    faults.Faults            fault rules (5xx, HTML pages, malformed JSON, 429, stalls, slow
+                             headers, accept-then-504, dropped connections).
     transport.InProcessAdapter  a requests adapter calling the handler in-process.
     server.SimServer         the handler over HTTP on 127.0.0.1, plus the control endpoints.
-    simulator.Simulator      wires them together.
+    simulator.Simulator      wires them together; compresses answers (gzip or deflate, as the
+                             CDN in front of StandX does) unless compress=False; switches the
+                             exchange's own faults (token expiry and lifetime, clock skew, order
+                             visibility delay, position answers that lag fills).
 
 Minimal use:
     sim = Simulator(VirtualClock(start=1_767_657_600.0))
@@ -30,11 +33,22 @@ Control endpoints (HTTP server only, unauthenticated, JSON; errors are {"code", 
     POST /_sim/balance               {"address": "0x..", "balance": "123.4" | null (unfunded)}
     POST /_sim/price                 {"shift_bps": 5} or {"mid": "95000"} -> the new market
     POST /_sim/trade                 {"price": "95000.1", "qty": "0.01", "taker_side": "buy"|"sell"}
+    POST /_sim/fill                  {"address": "0x..", "cl_ord_id": "..", "qty": "0.00123457"}: a taker
+                                      trades qty (up to 8 decimals; less than what is left = a
+                                      partial fill) against that resting order of ours, at its price
     POST /_sim/faults                {"kind", "path"?, "probability"?, "count"?, "after_s"?,
-                                      "for_s"?, "status"?, "retry_after_s"?, "stall_s"?} -> {"id"}
+                                      "for_s"?, "status"?, "retry_after_s"?, "stall_s"?, "body"?}
+                                      -> {"id"}; kinds in faults.py
     POST /_sim/faults/clear          {}
     POST /_sim/expire_tokens         {}
-    POST /_sim/clock_skew            {"seconds": 45}
+    POST /_sim/clock_skew            {"seconds": 45} (0 ends the skew)
+    POST /_sim/compress              {"on": true|false}: compress answers for clients that accept it
+    POST /_sim/token_lifetime        {"seconds": 120 | null}: logins from now on get tokens living at
+                                      most that long (null: as long as asked)
+    POST /_sim/visibility_delay      {"seconds": 4}: orders accepted from now on become visible that
+                                      much later (cancels keep the short delay)
+    POST /_sim/position_lag          {"seconds": 1.5}: query_positions answers the position as it
+                                      was that long ago (at most 300)
 """
 from .clock import VirtualClock
 from .exchange import Exchange, SymbolSpec

@@ -8,8 +8,12 @@ exchange's time (clock + skew), and errors are ``{"code": <status>, "message": "
 Auth model: prepare-signin issues a signedData JWT (payload readable, signature fake) that is
 remembered server-side for 180 s and can be used for one login. Login recovers the EIP-191
 signer of the payload's ``message``, which must be the payload's address, and issues a token
-(JWT-shaped, looked up server-side) bound to the requestId's Ed25519 public key; signed POSTs
-must carry a v1 body signature by that key and a timestamp within 30 s of the exchange's time.
+(JWT-shaped, looked up server-side) bound to the requestId's Ed25519 public key, living
+expiresSeconds or max_token_lifetime_s if shorter; signed POSTs must carry a v1 body signature
+by that key and a timestamp within 30 s of the exchange's time.
+
+Quantities show the lot's decimals, or more (up to 8) when a partial fill left them off the lot
+grid. query_positions shows Exchange.reported_position (it can lag fills).
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from . import faults as faults_mod
-from .exchange import LIVE, Exchange, Order, RequestError
+from .exchange import QTY_DECIMALS_MAX, RESTING, Exchange, Order, RequestError
 from .faults import Faults
 from .wire import Response, error_response, json_response
 
@@ -96,6 +100,12 @@ def money(value: Decimal) -> str:
         return "0"
     text = format(q, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def qty_text(value: Decimal, lot_decimals: int) -> str:
+    """A quantity with the lot's decimals, or with its own if it has more (up to 8), plain notation."""
+    own = -value.normalize().as_tuple().exponent
+    return fixed(value, min(max(lot_decimals, own), QTY_DECIMALS_MAX))
 
 
 def iso_time(ts: float) -> str:
@@ -183,6 +193,7 @@ class Api:
         self._signins: dict[str, Signin] = {}
         self._sessions: dict[str, LoginSession] = {}
         self.request_counts: Counter = Counter()  # every request by path, logged in or not
+        self.max_token_lifetime_s: float | None = None  # caps expiresSeconds of logins from now on
         self._routes: dict[tuple[str, str], tuple[str, Callable[[Request], Response]]] = {
             ("POST", "/v1/offchain/prepare-signin"): (PUBLIC, self._prepare_signin),
             ("POST", "/v1/offchain/login"): (PUBLIC, self._login),
@@ -347,11 +358,13 @@ class Api:
         if signer.lower() != signin.address.lower():
             raise RequestError(401, "signature does not match address")
         address = signin.address.lower()
+        cap_s = self.max_token_lifetime_s
+        lifetime_s = expires_s if cap_s is None else min(expires_s, cap_s)
         payload = {"sub": address, "address": address, "requestId": signin.request_id, "chain": "bsc",
-                   "iat": int(now), "exp": int(now) + expires_s, "jti": str(uuid.uuid4())}
+                   "iat": int(now), "exp": int(now + lifetime_s), "jti": str(uuid.uuid4())}
         token = _jwt({"alg": "HS256", "typ": "JWT"}, payload)
         self._sessions[token] = LoginSession(address, VerifyKey(self._decode_public_key(signin.request_id)),
-                                        now + expires_s)
+                                             now + lifetime_s)
         self._exchange.count_request(address, "/v1/offchain/login")
         log.info("login of %s", address)
         return json_response(200, {"token": token, "address": signin.address, "alias": f"sim-{address[2:8]}",
@@ -403,21 +416,21 @@ class Api:
 
     def _positions(self, request: Request) -> Response:
         ex, address = self._exchange, request.session.address
-        pos = ex.position(address)
+        pos = ex.reported_position(address)
         if pos is None or request.query.get("symbol", ex.spec.symbol) != ex.spec.symbol:
             return json_response(200, [])
         leverage, margin_mode = ex.position_config(address)
         mark = ex.mark_price()
         value = abs(pos.qty) * mark
         return json_response(200, [{
-            "id": pos.id, "symbol": ex.spec.symbol, "qty": fixed(pos.qty, ex.spec.qty_tick_decimals),
+            "id": pos.id, "symbol": ex.spec.symbol, "qty": qty_text(pos.qty, ex.spec.qty_tick_decimals),
             "entry_price": money(pos.entry_price), "entry_value": money(abs(pos.qty) * pos.entry_price),
             "mark_price": fixed(mark, ex.spec.price_tick_decimals), "position_value": money(value),
             "initial_margin": money(value / leverage), "holding_margin": money(value / leverage),
             "maint_margin": money(value / leverage / 2), "mmr": money(Decimal(1) / (2 * leverage)),
             "leverage": str(leverage),
             "margin_mode": margin_mode, "margin_asset": ex.spec.quote_asset, "liq_price": "0",
-            "bankruptcy_price": "0", "realized_pnl": money(pos.realized_pnl), "upnl": money(ex.upnl(address)),
+            "bankruptcy_price": "0", "realized_pnl": money(pos.realized_pnl), "upnl": money(ex.position_upnl(pos)),
             "status": "open", "time": iso_time(pos.updated_at), "created_at": iso_time(pos.created_at),
             "updated_at": iso_time(pos.updated_at), "user": f"bsc_{address}",
         }])
@@ -437,12 +450,14 @@ class Api:
     def order_json(self, order: Order) -> dict:
         spec = self._exchange.spec
         pos = self._exchange.position(order.address)
-        locked = order.price * order.remaining / order.leverage if order.status == LIVE and not order.reduce_only else 0
+        locks_margin = order.status in RESTING and not order.reduce_only
+        locked = order.price * order.remaining / order.leverage if locks_margin else 0
         return {
             "id": order.id, "cl_ord_id": order.cl_ord_id, "symbol": order.symbol, "side": order.side,
             "order_type": order.order_type, "time_in_force": order.time_in_force,
             "price": fixed(order.price if order.price is not None else Decimal(0), spec.price_tick_decimals),
-            "qty": fixed(order.qty, spec.qty_tick_decimals), "fill_qty": fixed(order.fill_qty, spec.qty_tick_decimals),
+            "qty": qty_text(order.qty, spec.qty_tick_decimals),
+            "fill_qty": qty_text(order.fill_qty, spec.qty_tick_decimals),
             "fill_avg_price": money(order.fill_avg_price), "status": order.status, "reduce_only": order.reduce_only,
             "leverage": str(order.leverage), "margin_mode": order.margin_mode, "margin": money(Decimal(locked)),
             "avail_locked": money(Decimal(locked)), "position_id": pos.id if pos else 0, "liq_id": 0,

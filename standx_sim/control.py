@@ -1,7 +1,8 @@
 """Test-control endpoints under /_sim/, served by the HTTP server only (unauthenticated).
 
 Listed in the package docstring. They read and steer the simulator from outside the process:
-account state and metrics, balances, prices, public trades, faults, token expiry, clock skew.
+account state and metrics, balances, prices, public trades, fills of our resting orders, faults,
+compression, token expiry and lifetime, clock skew, order visibility delay, position lag.
 """
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ class Control:
             ("POST", "/_sim/faults/clear"): self._clear_faults,
             ("POST", "/_sim/expire_tokens"): self._expire_tokens,
             ("POST", "/_sim/clock_skew"): self._clock_skew,
+            ("POST", "/_sim/fill"): self._fill,
+            ("POST", "/_sim/compress"): self._compress,
+            ("POST", "/_sim/token_lifetime"): self._token_lifetime,
+            ("POST", "/_sim/visibility_delay"): self._visibility_delay,
+            ("POST", "/_sim/position_lag"): self._position_lag,
         }
 
     def handle(self, method: str, path: str, query: dict[str, str], body: bytes) -> Response:
@@ -140,6 +146,35 @@ class Control:
         return json_response(200, {"ok": True})
 
     def _clock_skew(self, query: dict, body: bytes) -> Response:
+        return self._seconds(body, self._sim.set_clock_skew)
+
+    def _fill(self, query: dict, body: bytes) -> Response:
+        obj = json_object(body, {"address", "cl_ord_id", "qty"}, {"address", "cl_ord_id", "qty"})
+        self._sim.exchange.fill_resting(obj["address"], obj["cl_ord_id"], _decimal(obj["qty"], "qty"))
+        return json_response(200, {"ok": True})
+
+    def _compress(self, query: dict, body: bytes) -> Response:
+        obj = json_object(body, {"on"}, {"on"})
+        if not isinstance(obj["on"], bool):
+            raise RequestError(400, "on must be true or false")
+        self._sim.set_compress(obj["on"])
+        return json_response(200, {"ok": True})
+
+    def _token_lifetime(self, query: dict, body: bytes) -> Response:
         obj = json_object(body, {"seconds"}, {"seconds"})
-        self._sim.set_clock_skew(float(_decimal(obj["seconds"], "seconds")))
+        seconds = None if obj["seconds"] is None else float(_decimal(obj["seconds"], "seconds"))
+        self._sim.set_max_token_lifetime(seconds)
+        return json_response(200, {"ok": True})
+
+    def _visibility_delay(self, query: dict, body: bytes) -> Response:
+        return self._seconds(body, self._sim.set_visibility_delay)
+
+    def _position_lag(self, query: dict, body: bytes) -> Response:
+        return self._seconds(body, self._sim.set_position_lag)
+
+    @staticmethod
+    def _seconds(body: bytes, setter: Callable[[float], None]) -> Response:
+        """A control whose body is {"seconds": <number>}."""
+        obj = json_object(body, {"seconds"}, {"seconds"})
+        setter(float(_decimal(obj["seconds"], "seconds")))
         return json_response(200, {"ok": True})

@@ -14,8 +14,10 @@ first row. Timestamps the exchange reports (created_at, signature checks, Date h
 ``exchange_time()`` = clock + clock_skew_s.
 
 Fill model:
-- An accepted order stays invisible ("pending") for visibility_delay_s, then activates; a cancel
-  takes effect visibility_delay_s after it was requested (the order can fill meanwhile).
+- An accepted order stays invisible ("pending") for activation_delay_s (visibility_delay_s
+  unless changed), then activates; a cancel takes effect visibility_delay_s after it was
+  requested (the order can fill meanwhile). A cancel that takes effect while the order is still
+  pending does nothing, as matching does not know the order yet: the order activates later.
 - At activation: a market order fills its whole qty at the touch (a buy at the ask, a sell at
   the bid) with the taker fee. A limit order that crosses (buy price >= ask, sell price <= bid)
   is rejected if alo, else fills its whole qty at the touch with the taker fee. A limit order
@@ -23,9 +25,11 @@ Fill model:
 - A resting order fills in full at its own price with the maker fee as soon as the book reaches
   it (best ask <= buy price, best bid >= sell price) or a trade prints at or through it from the
   other side (a seller-taker trade at or below a buy, a buyer-taker trade at or above a sell).
-  No queue position and no partial fills: a touch fills everything. That is optimistic about
-  fills, so inventory risk looks worse than live, never better. Our orders do not change the
-  replayed book, and there is no depth: market orders of any size fill at the touch.
+  No queue position and no partial fills from the market: a touch fills everything. That is
+  optimistic about fills, so inventory risk looks worse than live, never better. Our orders do
+  not change the replayed book, and there is no depth: market orders of any size fill at the
+  touch. Partial fills come only from fill_resting (a test control): the order is then
+  "partially_filled" and keeps resting, live, with the remainder.
 - reduce_only: at activation the qty is capped to the position minus other live reduce-only
   orders on that side, and the order is rejected if nothing is left to reduce; at fill time it is
   capped again to the position (the remainder is cancelled), so it can never flip a position.
@@ -33,7 +37,8 @@ Fill model:
   else it is rejected ("insufficient margin"). No liquidation, no funding payments.
 - Mark price = (bid + ask) / 2 rounded half-even to the tick; the index price equals the mark.
 - Positions: signed qty, average entry price, realized PnL on reduction (added to the balance);
-  fees are deducted from the balance.
+  fees are deducted from the balance. reported_position() is what query_positions shows: the
+  position as it was position_lag_s ago (0 = now), from a short history of its changes.
 
 Metering (per account, integrated exactly between events): the time with a live buy and a live
 sell each of remaining qty >= meter_qty and within 10 bps of the mark (inclusive), from the
@@ -49,8 +54,8 @@ import heapq
 import itertools
 import logging
 import math
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from .clock import Clock
@@ -62,7 +67,11 @@ BAND_BPS = Decimal(10)
 BPS = Decimal("0.0001")
 SIDES = ("buy", "sell")
 LIVE = "new"
+PARTIAL = "partially_filled"  # resting, live, with part of its qty filled
+RESTING = (LIVE, PARTIAL)
 PENDING = "pending"  # accepted but not yet visible; never shown through the API
+POSITION_HISTORY_S = 300.0  # how far back reported_position can look (the longest position lag)
+QTY_DECIMALS_MAX = 8  # a fill_resting qty may have up to this many decimals, more than the lot
 
 
 class RequestError(Exception):
@@ -206,7 +215,9 @@ class Account:
     position: Position | None = None
     orders: dict[int, Order] = field(default_factory=dict)  # every order ever accepted, by id
     by_cl_ord_id: dict[str, Order] = field(default_factory=dict)
-    live: dict[int, Order] = field(default_factory=dict)  # resting orders only (status "new")
+    live: dict[int, Order] = field(default_factory=dict)  # resting orders only (status in RESTING)
+    # (engine time, copy of the position) after each change, oldest first; see _record_position.
+    position_history: deque[tuple[float, Position]] = field(default_factory=deque)
 
 
 def quantize(value: Decimal, decimals: int) -> Decimal:
@@ -221,10 +232,12 @@ class Exchange:
                  spec: SymbolSpec = SymbolSpec()) -> None:
         self.spec = spec
         self.clock_skew_s = 0.0
+        self.activation_delay_s = visibility_delay_s  # for orders accepted from now on
+        self.position_lag_s = 0.0  # how old the position query_positions reports is
         self._clock = clock
         self._market = market
         self._default_balance = default_balance
-        self._delay_s = visibility_delay_s
+        self._cancel_delay_s = visibility_delay_s
         self._meter_qty = meter_qty
         self._t = clock.now()
         self._data_offset = market.start_ts - self._t
@@ -297,6 +310,22 @@ class Exchange:
     def last_price(self) -> Decimal | None:
         self.advance()
         return self._last_price
+
+    def fill_resting(self, address: str, cl_ord_id: str, qty: Decimal) -> None:
+        """Test control: a taker trades qty against one resting order of ours at its price, a
+        maker fill. qty may be less than what is left (a partial fill: the order keeps resting)
+        and may have more decimals than the lot, up to QTY_DECIMALS_MAX, as StandX's positions do."""
+        acct = self._known(address)
+        order = acct.by_cl_ord_id.get(cl_ord_id)
+        if order is None or order.id not in acct.live:
+            raise ValueError(f"no resting order {cl_ord_id!r} for {acct.address}")
+        qty = Decimal(qty)
+        if not 0 < qty <= order.remaining:
+            raise ValueError(f"qty must be > 0 and at most what is left of the order ({order.remaining})")
+        if qty.as_tuple().exponent < -QTY_DECIMALS_MAX:
+            raise ValueError(f"qty has more than {QTY_DECIMALS_MAX} decimals")
+        self._fill(order, order.price, maker=True, qty=qty)
+        self._refresh_meters({acct.address})
 
     def _live_orders(self) -> list[Order]:
         return [o for acct in self._accounts.values() for o in acct.live.values()]
@@ -407,8 +436,11 @@ class Exchange:
         }
 
     def _upnl(self, acct: Account) -> Decimal:
-        pos = acct.position
-        return pos.qty * (self._mark - pos.entry_price) if pos and pos.qty else Decimal(0)
+        return self.position_upnl(acct.position) if acct.position else Decimal(0)
+
+    def position_upnl(self, pos: Position) -> Decimal:
+        """The unrealized PnL of a position (current or reported) at the current mark."""
+        return pos.qty * (self._mark - pos.entry_price)
 
     def _position_margin(self, acct: Account) -> Decimal:
         pos = acct.position
@@ -420,6 +452,15 @@ class Exchange:
 
     def position(self, address: str) -> Position | None:
         return self.account(address).position
+
+    def reported_position(self, address: str) -> Position | None:
+        """The position as query_positions reports it: as it was position_lag_s ago (None: there
+        was none yet)."""
+        acct = self.account(address)
+        if self.position_lag_s <= 0:
+            return acct.position
+        seen_at = self._t - self.position_lag_s
+        return next((pos for t, pos in reversed(acct.position_history) if t <= seen_at), None)
 
     def upnl(self, address: str) -> Decimal:
         return self._upnl(self.account(address))
@@ -437,7 +478,7 @@ class Exchange:
         acct = self.account(address)
         if margin_mode == acct.margin_mode:
             return
-        if (acct.position and acct.position.qty) or any(o.status in (LIVE, PENDING) for o in acct.orders.values()):
+        if (acct.position and acct.position.qty) or any(o.status in (*RESTING, PENDING) for o in acct.orders.values()):
             raise RequestError(400, "cannot change margin mode with an open position or open orders")
         acct.margin_mode = margin_mode
 
@@ -455,7 +496,7 @@ class Exchange:
         acct.orders[order.id] = order
         acct.by_cl_ord_id[cl_ord_id] = order
         acct.meter.orders_placed += 1
-        self._schedule("activate", order)
+        self._schedule("activate", order, self.activation_delay_s)
         return order
 
     def request_cancel(self, address: str, order_id: int | None = None, cl_ord_id: str | None = None) -> None:
@@ -465,7 +506,7 @@ class Exchange:
         if order is None:
             raise RequestError(404, "order not found")
         acct.meter.cancel_requests += 1
-        self._schedule("cancel", order)
+        self._schedule("cancel", order, self._cancel_delay_s)
 
     def request_cancels(self, address: str, order_ids: list[int] | None = None,
                         cl_ord_ids: list[str] | None = None) -> None:
@@ -474,14 +515,14 @@ class Exchange:
         found = [acct.orders.get(i) for i in order_ids or []] + [acct.by_cl_ord_id.get(c) for c in cl_ord_ids or []]
         for order in filter(None, found):
             acct.meter.cancel_requests += 1
-            self._schedule("cancel", order)
+            self._schedule("cancel", order, self._cancel_delay_s)
 
     @staticmethod
     def _lookup(acct: Account, order_id: int | None, cl_ord_id: str | None) -> Order | None:
         return acct.orders.get(order_id) if order_id is not None else acct.by_cl_ord_id.get(cl_ord_id)
 
-    def _schedule(self, kind: str, order: Order) -> None:
-        heapq.heappush(self._pending, (self._t + self._delay_s, next(self._seq), kind, order))
+    def _schedule(self, kind: str, order: Order, delay_s: float) -> None:
+        heapq.heappush(self._pending, (self._t + delay_s, next(self._seq), kind, order))
 
     def find_order(self, address: str, order_id: int | None = None, cl_ord_id: str | None = None) -> Order | None:
         """A visible order of this account by id or cl_ord_id (None while still pending)."""
@@ -501,7 +542,7 @@ class Exchange:
     def _on_engine_event(self, kind: str, order: Order) -> None:
         if kind == "activate":
             self._activate(order)
-        elif order.status == LIVE:
+        elif order.status in RESTING:  # a pending order is not known to matching yet: nothing to cancel
             self._close(order, "canceled")
         self._refresh_meters({order.address})
 
@@ -567,10 +608,11 @@ class Exchange:
         elif status == "canceled":
             meter.orders_cancelled += 1
 
-    def _fill(self, order: Order, price: Decimal, *, maker: bool) -> None:
-        """Fill what is left of the order at price (a reduce-only order only as far as the position allows)."""
+    def _fill(self, order: Order, price: Decimal, *, maker: bool, qty: Decimal | None = None) -> None:
+        """Fill qty of the order (default: all that is left) at price; a reduce-only order only
+        as far as the position allows, its remainder then cancelled. A partly filled order rests on."""
         acct = self._accounts[order.address]
-        qty = order.remaining
+        wanted = qty = order.remaining if qty is None else qty
         if order.reduce_only:
             qty = min(qty, self._reduce_capacity(acct, order.side))
             if qty <= 0:
@@ -587,10 +629,12 @@ class Exchange:
         else:
             meter.taker_fills += 1
         log.debug("order %s filled %s @ %s (%s)", order.cl_ord_id, qty, price, "maker" if maker else "taker")
-        if order.remaining > 0:
+        if order.remaining == 0:
+            self._close(order, "filled")
+        elif qty < wanted:
             self._close(order, "canceled", "remainder cancelled: position fully reduced")
         else:
-            self._close(order, "filled")
+            order.status, order.updated_at = PARTIAL, self._stamp()
 
     def _apply_fill(self, acct: Account, side: str, qty: Decimal, price: Decimal, fee: Decimal) -> None:
         pos = acct.position
@@ -614,6 +658,15 @@ class Exchange:
         acct.balance = (acct.balance or Decimal(0)) - fee
         acct.meter.fees += fee
         pos.updated_at = self._stamp()
+        self._record_position(acct)
+
+    def _record_position(self, acct: Account) -> None:
+        """Remember the position as it is now, for reported_position, and forget what is older
+        than POSITION_HISTORY_S, except the newest such entry: the position as of that horizon."""
+        history = acct.position_history
+        history.append((self._t, replace(acct.position)))
+        while len(history) > 1 and history[1][0] <= self._t - POSITION_HISTORY_S:
+            history.popleft()
 
     # ---- metering ---------------------------------------------------------------------
 

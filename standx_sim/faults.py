@@ -10,6 +10,9 @@ that fires decides the fault of a request. Kinds:
 - ``rate_limit``: HTTP 429 with ``Retry-After: retry_after_s``; not processed.
 - ``drop``: the connection is dropped before the request reaches the exchange.
 - ``stall``: the request is processed, then the answer is held ``stall_s`` seconds.
+- ``slow_headers``: the request is processed, then the status line and headers trickle in a
+  few bytes at a time over ``stall_s`` seconds, so no single read waits long (a per-read
+  timeout never fires) but the whole answer takes ``stall_s``.
 - ``accept_then_504``: the request is processed, then a 504 HTML page is returned, so the
   client cannot tell whether it happened.
 - ``body``: HTTP 200 with the rule's ``body`` (any JSON value) instead of the real answer, for
@@ -17,9 +20,12 @@ that fires decides the fault of a request. Kinds:
 - ``foreign_signin``: prepare-signin answers a sign-in message for another wallet
   (FOREIGN_ADDRESS), which a client must refuse to sign.
 
-``drop`` and ``stall`` need the transport: the handler marks its answer with the headers
-DROP_HEADER / STALL_HEADER, which the in-process adapter and the HTTP server act on and strip.
-Token expiry and clock skew are switched on the Simulator (expire_tokens, set_clock_skew).
+``drop``, ``stall`` and ``slow_headers`` need the transport: the handler marks its answer with
+the headers DROP_HEADER / STALL_HEADER / SLOW_HEADERS_HEADER, which the in-process adapter and
+the HTTP server act on and strip. Faults of the exchange itself are switched on the Simulator:
+token expiry and lifetime, clock skew, order visibility delay, position answers that lag fills,
+compression on or off (expire_tokens, set_max_token_lifetime, set_clock_skew,
+set_visibility_delay, set_position_lag, set_compress); partial fills are Exchange.fill_resting.
 """
 from __future__ import annotations
 
@@ -38,11 +44,12 @@ from .wire import Response, error_response
 log = logging.getLogger(__name__)
 
 STALL_HEADER = "X-Sim-Stall-Seconds"
+SLOW_HEADERS_HEADER = "X-Sim-Slow-Headers-Seconds"
 DROP_HEADER = "X-Sim-Drop-Connection"
-KINDS = ("error", "html", "malformed", "rate_limit", "drop", "stall", "accept_then_504", "body",
+KINDS = ("error", "html", "malformed", "rate_limit", "drop", "stall", "slow_headers", "accept_then_504", "body",
          "foreign_signin")
 # The request reaches the exchange before the fault.
-PROCESSED_KINDS = ("stall", "accept_then_504", "foreign_signin")
+PROCESSED_KINDS = ("stall", "slow_headers", "accept_then_504", "foreign_signin")
 FOREIGN_ADDRESS = "0x000000000000000000000000000000000000dEaD"
 DEFAULT_STATUS = {"error": 500, "html": 502, "accept_then_504": 504}
 
@@ -144,8 +151,9 @@ def response_after_processing(rule: FaultRule, response: Response) -> Response:
         return html_page(rule.status)
     if rule.kind == "foreign_signin":
         return _signin_for_another_wallet(response)
-    status, headers, body = response  # stall
-    return status, {**headers, STALL_HEADER: str(rule.stall_s)}, body
+    marker = STALL_HEADER if rule.kind == "stall" else SLOW_HEADERS_HEADER
+    status, headers, body = response
+    return status, {**headers, marker: str(rule.stall_s)}, body
 
 
 def _signin_for_another_wallet(response: Response) -> Response:

@@ -2,6 +2,7 @@
 
 One lock serialises every call into the simulator (the engine is not thread-safe); modelled
 latency and stall faults sleep outside the lock, so a stalled request does not hold up others.
+Answers are compressed when the simulator's compression is on (Simulator.handle does it).
 Paths under /_sim/ go to the test-control endpoints (control.py); everything else to the
 StandX handler.
 """
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from .control import Control
-from .faults import DROP_HEADER, STALL_HEADER
+from .faults import DROP_HEADER, SLOW_HEADERS_HEADER, STALL_HEADER
 
 if TYPE_CHECKING:
     from .simulator import Simulator
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 CONTROL_PREFIX = "/_sim/"
+SLOW_PIECE_BYTES = 4  # slow headers go out this many bytes at a time
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -48,12 +50,24 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # no answer at all: the client sees the connection close
             return
         time.sleep(float(headers.pop(STALL_HEADER, 0)))
-        self.send_response_only(status, HTTPStatus(status).phrase)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(content)))
-        self.end_headers()
+        slow_s = float(headers.pop(SLOW_HEADERS_HEADER, 0))
+        # The head is built here rather than with send_header so that slow_headers can trickle it.
+        lines = [f"{self.protocol_version} {status} {HTTPStatus(status).phrase}"]
+        lines += [f"{name}: {value}" for name, value in {**headers, "Content-Length": str(len(content))}.items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if slow_s:
+            self._trickle(head, slow_s)
+        else:
+            self.wfile.write(head)
         self.wfile.write(content)
+
+    def _trickle(self, data: bytes, seconds: float) -> None:
+        """Send data a few bytes at a time spread over `seconds`: every read gets something soon,
+        yet the whole takes `seconds` (the slow_headers fault)."""
+        pieces = [data[i:i + SLOW_PIECE_BYTES] for i in range(0, len(data), SLOW_PIECE_BYTES)]
+        for piece in pieces:
+            time.sleep(seconds / len(pieces))
+            self.wfile.write(piece)
 
     def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)

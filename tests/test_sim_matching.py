@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
+
 from tests.sim_helpers import FLAT_ASK, FLAT_BID, flat_sim, in_process_client
 
 QTY = Decimal("0.0010")
@@ -298,3 +300,120 @@ def test_query_orders_lists_finished_orders_by_status():
     placed(sim, client, price="94990.0")  # resting
     result = client.get("/api/query_orders", symbol="BTC-USD", status="rejected").json()["result"]
     assert [o["status"] for o in result] == ["rejected"]
+
+
+# ---- partial fills (Exchange.fill_resting) ----------------------------------------------------
+
+def test_partial_fill_leaves_the_order_resting_partially_filled_with_the_remainder():
+    sim = flat_sim()
+    client = in_process_client(sim)
+    cl_ord_id = placed(sim, client, side="buy", price="94990.0", qty="0.0010")
+    sim.exchange.fill_resting(client.address, cl_ord_id, Decimal("0.0004"))
+    order = client.order(cl_ord_id).json()
+    assert order["status"] == "partially_filled"
+    assert order["fill_qty"] == "0.0004" and order["fill_avg_price"] == "94990"
+    assert order["margin"] == "1.42485"  # the remaining 0.0006 * 94990.0 / 40 stays locked
+    assert [o["cl_ord_id"] for o in client.open_orders()] == [cl_ord_id]
+    assert client.position_qty() == Decimal("0.0004")
+    assert client.balance() == Decimal("1000") - Decimal("0.0004") * Decimal("94990.0") * Decimal("0.0001")
+    assert sim.exchange.metrics(client.address)["maker_fills"] == 1
+
+
+def test_partially_filled_order_fills_the_rest_when_the_market_reaches_it():
+    sim = flat_sim()
+    client = in_process_client(sim)
+    cl_ord_id = placed(sim, client, side="buy", price="94990.0", qty="0.0010")
+    sim.exchange.fill_resting(client.address, cl_ord_id, Decimal("0.0004"))
+    sim.exchange.add_trade(Decimal("94989.0"), Decimal("0.5"), "sell")
+    order = client.order(cl_ord_id).json()
+    assert order["status"] == "filled" and order["fill_qty"] == "0.0010"
+    assert client.open_orders() == []
+    assert client.position_qty() == QTY
+
+
+def test_partially_filled_order_can_be_cancelled():
+    sim = flat_sim()
+    client = in_process_client(sim)
+    cl_ord_id = placed(sim, client, side="buy", price="94990.0", qty="0.0010")
+    sim.exchange.fill_resting(client.address, cl_ord_id, Decimal("0.0004"))
+    client.post_signed("/api/cancel_order", {"cl_ord_id": cl_ord_id})
+    sim.clock.sleep(0.25)
+    assert status(client, cl_ord_id) == "canceled"
+    assert client.open_orders() == []
+    assert client.position_qty() == Decimal("0.0004")
+
+
+def test_partially_filled_orders_count_as_live_for_uptime_and_max_live():
+    sim = flat_sim()
+    client = in_process_client(sim)
+    placed(sim, client, side="buy", price="94990.0", cl_ord_id="b1")
+    placed(sim, client, side="buy", price="94980.0", cl_ord_id="b2")
+    placed(sim, client, side="sell", price="95010.0", cl_ord_id="s1")
+    before = sim.exchange.metrics(client.address)["two_sided_s"]
+    for cl_ord_id in ("b1", "b2", "s1"):
+        sim.exchange.fill_resting(client.address, cl_ord_id, Decimal("0.0001"))
+    sim.clock.sleep(10)
+    metrics = sim.exchange.metrics(client.address)
+    assert metrics["two_sided_s"] == before + 10
+    assert metrics["max_live_orders"] == {"buy": 2, "sell": 1}
+    assert metrics["max_double_s"]["buy"] >= 10
+    assert {o["status"] for o in client.open_orders()} == {"partially_filled"}
+
+
+def test_partially_filled_remainder_below_meter_qty_stops_counting():
+    sim = flat_sim(meter_qty=QTY)
+    client = in_process_client(sim)
+    placed(sim, client, side="buy", price="94990.0", cl_ord_id="b1")
+    placed(sim, client, side="sell", price="95010.0", cl_ord_id="s1")
+    sim.exchange.fill_resting(client.address, "b1", Decimal("0.0001"))
+    before = sim.exchange.metrics(client.address)["two_sided_s"]
+    sim.clock.sleep(10)
+    assert sim.exchange.metrics(client.address)["two_sided_s"] == before
+
+
+def test_fill_with_more_decimals_than_the_lot_shows_them_in_the_position():
+    sim = flat_sim()
+    client = in_process_client(sim)
+    cl_ord_id = placed(sim, client, side="buy", price="94990.0", qty="0.0020")
+    sim.exchange.fill_resting(client.address, cl_ord_id, Decimal("0.00123457"))
+    row = client.get("/api/query_positions", symbol="BTC-USD").json()[0]
+    assert row["qty"] == "0.00123457"
+    assert client.order(cl_ord_id).json()["fill_qty"] == "0.00123457"
+
+
+def test_reduce_only_close_rounded_up_to_the_lot_flattens_an_odd_position_exactly():
+    sim = flat_sim()
+    client = in_process_client(sim)
+    cl_ord_id = placed(sim, client, side="buy", price="94990.0", qty="0.0020")
+    sim.exchange.fill_resting(client.address, cl_ord_id, Decimal("0.00123457"))
+    client.post_signed("/api/cancel_order", {"cl_ord_id": cl_ord_id})
+    client.market_order("sell", "0.0013", reduce_only=True, cl_ord_id="close-odd")
+    sim.clock.sleep(0.25)
+    assert client.get("/api/query_positions", symbol="BTC-USD").json()[0]["qty"] == "0.0000"
+    close = client.order("close-odd").json()
+    assert close["status"] == "filled" and close["fill_qty"] == "0.00123457"
+
+
+def test_short_position_with_odd_decimals_is_shown_negative():
+    sim = flat_sim()
+    client = in_process_client(sim)
+    cl_ord_id = placed(sim, client, side="sell", price="95010.0", qty="0.0010")
+    sim.exchange.fill_resting(client.address, cl_ord_id, Decimal("0.0000001"))
+    assert client.get("/api/query_positions").json()[0]["qty"] == "-0.0000001"  # plain notation, never 1E-7
+
+
+@pytest.mark.parametrize("qty", ["0", "0.0011", "0.000000001"])
+def test_fill_resting_refuses_a_qty_it_cannot_fill(qty):
+    sim = flat_sim()
+    client = in_process_client(sim)
+    cl_ord_id = placed(sim, client, qty="0.0010")
+    with pytest.raises(ValueError):
+        sim.exchange.fill_resting(client.address, cl_ord_id, Decimal(qty))
+
+
+def test_fill_resting_refuses_an_order_that_is_not_resting():
+    sim = flat_sim()
+    client = in_process_client(sim)
+    client.new_order(cl_ord_id="still-pending")
+    with pytest.raises(ValueError):
+        sim.exchange.fill_resting(client.address, "still-pending", Decimal("0.0001"))

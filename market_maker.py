@@ -49,9 +49,10 @@ OPEN_ORDERS_LIMIT = 1200
 RULES_REFRESH_S = 300.0
 BALANCE_CHECK_EVERY_LOOPS = 10
 # An order not visible this long after its answer, and unknown to query_order all along,
-# never reached the exchange: it is no longer waited for (should it appear, the audit cancels
-# it as a stray of ours). Until then it counts on its side.
-UNSEEN_GIVE_UP_S = 30.0
+# never reached the exchange (a request lost on the way): it is no longer waited for. Should
+# it appear after all, it counts on its side and the audit cancels it as a stray of ours.
+# Well past the few seconds an accepted order takes to show, even in the slow tail.
+UNSEEN_GIVE_UP_S = 10.0
 # An order still not visible after this long is looked up by cl_ord_id: a rejection during
 # matching (an alo that would cross, no margin) is then known at once.
 LOOKUP_AFTER_S = 1.0
@@ -344,6 +345,7 @@ class OurOrder:
     seen: bool = False
     stale: bool = False
     cancel_sent_at: float | None = None
+    cancel_accepted: bool = False  # the exchange answered our cancel request with success
 
     @property
     def cancelling(self) -> bool:
@@ -839,14 +841,16 @@ class MarketMaker:
             log.info("cancelled stray order(s) of ours: %s", ", ".join(self.strays))
         self.stray_cancels = {cid: t for cid, t in self.stray_cancels.items() if cid in visible}
 
-    def _unseen_order_still_pending(self, order: OurOrder, now: float) -> bool:
+    def _unseen_order_still_pending(self, order: OurOrder, now: float, give_up: bool = True) -> bool:
         """An order not yet visible: looked up after LOOKUP_AFTER_S, so that a rejection in
-        matching is known at once. True while it may still appear."""
+        matching is known at once. True while it may still appear: until UNSEEN_GIVE_UP_S, or
+        without `give_up` (a stop must not call itself clean over an order it cannot rule out)
+        until the exchange says what became of it."""
         if now - order.sent_at < LOOKUP_AFTER_S:
             return True
         status, fill_qty = self._look_up(order.cl_ord_id)
         if status is None:
-            if now - order.sent_at < UNSEEN_GIVE_UP_S:
+            if now - order.sent_at < UNSEEN_GIVE_UP_S or not give_up:
                 return True
             # The exchange has not heard of it for this long: the request never arrived. Should
             # it still appear, it is ours by its prefix, so the audit cancels it as a stray.
@@ -873,10 +877,12 @@ class MarketMaker:
 
     def side_may_get_new_order(self, side: str) -> bool:
         """The one rule for sending a quote: not stopping, not the side that grows a position,
-        no order there that may have filled unsettled, and fewer than MAX_ORDERS_PER_SIDE of
-        ours there (the resting one and its replacement) whatever has failed."""
+        no order there that may have filled unsettled, no order there whose cancel the exchange
+        has not accepted (both could fill), and fewer than MAX_ORDERS_PER_SIDE of ours there
+        (the resting one and its replacement) whatever has failed."""
         return (not self.stop_requested and not self.side_blocked_by_position(side)
                 and not any(c.side == side for c in self.fill_checks.values())
+                and not any(o.side == side and o.cancelling and not o.cancel_accepted for o in self.orders)
                 and self.orders_on_side(side) < MAX_ORDERS_PER_SIDE)
 
     def side_needs_requote(self, side: str, mark: Decimal) -> bool:
@@ -926,12 +932,16 @@ class MarketMaker:
         return sides
 
     def _replace(self, sides: list[str], market: Market) -> None:
-        """New quotes and the cancel of the old ones go out in the same round trip, the new
-        first. Both take effect after the exchange's delay, so the side stays covered, and a
-        quote that drifted too close to the mark (fill risk) is not left up a round trip longer."""
+        """Cancel the old quotes, and once the exchange has accepted that cancel, place the new
+        ones. The old order rests until the cancel takes effect, so the side stays covered
+        nearly throughout; and a new order never joins an old one we could not cancel, which
+        could fill with it and double the position."""
         old = [o for side in sides for o in self._active(side)]
-        self.requotes += bool(old)
-        self.place_quotes([(side, self._price_for(side, market)) for side in sides], replacing=old)
+        if old:
+            self.requotes += 1
+            if not self._cancel_orders(old):
+                return  # the old quotes stay; their cancel is retried, then they are replaced
+        self.place_quotes([(side, self._price_for(side, market)) for side in sides])
 
     def _requote_cancel_first(self, market: Market) -> None:
         """The original strategy: cancel everything, wait, place both sides afresh (priced from
@@ -958,8 +968,8 @@ class MarketMaker:
         self.order_counter += 1
         return f"{CL_ORD_ID_PREFIX}{side[0]}{self.run_id}{self.order_counter}"
 
-    def place_quotes(self, quotes: list[tuple[str, Decimal]], replacing: list[OurOrder] = ()) -> None:
-        """Send post-only quotes, and the cancel of the orders they replace, at the same time.
+    def place_quotes(self, quotes: list[tuple[str, Decimal]]) -> None:
+        """Send post-only quotes, at the same time.
 
         The one place quotes are sent: a quote whose side may not get a new order (see
         side_may_get_new_order) is dropped here, whatever the caller decided. Each quote is
@@ -972,12 +982,9 @@ class MarketMaker:
             else:
                 log.debug("no new %s quote: the side is stopping, blocked or at its cap", side)
         self.orders_placed += len(orders)
-        calls: list[Callable[[], Any]] = [partial(self._send_quote, order) for order in orders]
-        if replacing:
-            calls.append(partial(self._send_cancel, self._mark_cancelled(replacing)))
-        if not calls:
+        if not orders:
             return
-        errors = self.clock.gather(calls)[:len(orders)]
+        errors = self.clock.gather([partial(self._send_quote, order) for order in orders])
         for order in orders:
             # Visibility is timed from the answer: a request that timed out after 10 s must still
             # get its full chance to show up (and its lookup) before it counts as lost.
@@ -1015,23 +1022,27 @@ class MarketMaker:
         filled = positive_decimal(answer.get("fill_qty"))
         return str(status).lower(), filled
 
-    def _cancel_orders(self, orders: list[OurOrder]) -> None:
-        """Ask to cancel tracked orders, in one request; they stay tracked until seen gone."""
-        if orders:
-            self._send_cancel(self._mark_cancelled(orders))
-
-    def _mark_cancelled(self, orders: list[OurOrder]) -> list[str]:
+    def _cancel_orders(self, orders: list[OurOrder]) -> bool:
+        """Ask to cancel tracked orders, in one request; they stay tracked until seen gone.
+        True if the exchange accepted the request."""
+        if not orders:
+            return True
         now = self.clock.monotonic()
         for order in orders:
             order.cancel_sent_at = now
-        return [o.cl_ord_id for o in orders]
+        accepted = self._send_cancel([o.cl_ord_id for o in orders])
+        for order in orders:
+            order.cancel_accepted = order.cancel_accepted or accepted
+        return accepted
 
-    def _send_cancel(self, cl_ord_ids: list[str]) -> None:
-        """The cancel_orders request alone (it may run on another thread)."""
+    def _send_cancel(self, cl_ord_ids: list[str]) -> bool:
+        """The cancel_orders request alone; True if the exchange accepted it."""
         try:
             api.cancel_orders(self.auth, cl_ord_ids=cl_ord_ids)
         except StandXError as exc:
             log.warning("cancel of %s failed (%s): will retry", ", ".join(cl_ord_ids), exc)
+            return False
+        return True
 
     def _cancel_ids(self, cl_ord_ids: list[str]) -> bool:
         """One batch cancel of the ids not already asked for within CANCEL_RETRY_S; True if sent."""
@@ -1079,7 +1090,8 @@ class MarketMaker:
                 continue
             now = self.clock.monotonic()
             self.orders = [o for o in self.orders
-                           if o.cl_ord_id in ours or not o.seen and self._unseen_order_still_pending(o, now)]
+                           if o.cl_ord_id in ours
+                           or not o.seen and self._unseen_order_still_pending(o, now, give_up=False)]
             for order in self.orders:
                 order.seen = order.seen or order.cl_ord_id in ours
             if not ours and not self.orders:

@@ -20,11 +20,15 @@ from standx_auth import StandXAuth
 from standx_sim import Simulator, SyntheticMarket, VirtualClock
 from standx_sim.simulate import throwaway_key
 from standx_sim.transport import InProcessAdapter
+from standx_sim.wire import decompress
 
 BASE_URL = "http://standx.sim"
 START_TS = 1_767_657_600.0
 LATENCY_S = 0.05
 QTY = Decimal("0.005")
+# A quote on the side that grows a position is a fault only once the daemon could have seen
+# that position: a loop, the round trips, and any lag the position answers are given.
+SEE_POSITION_S = 0.5 + 4 * LATENCY_S + 0.2
 DECISION_READS = ("_read_position", "_read_market", "_read_open_orders")
 
 Action = Callable[["Run"], None]
@@ -48,6 +52,11 @@ class Run:
     failed_read_loops: set[int] = field(default_factory=set)
     decision_loops: set[int] = field(default_factory=set)
     sides_before_stop: list[str] = field(default_factory=list)
+    max_abs_position: Decimal = Decimal(0)
+    # Quotes sent on the side a position had grown for longer than the daemon needs to see it.
+    growing_quotes: list[Request] = field(default_factory=list)
+    position_lag_s: float = 0.0
+    position_side: tuple[int, float] = (0, START_TS)  # the position's sign, and since when
     stop_requested_at: float | None = None
     code: int | None = None
     ended_at: float = 0.0
@@ -120,6 +129,7 @@ def run_daemon(seconds: float, *, setup: Callable[[Run], None] | None = None,
 def _recording(run: Run):
     """The simulator's handler, recording each request and the secrets it carries."""
     def handle(method, path, query, headers, body):
+        _watch_position(run, path, _json(body))
         status, out_headers, out_body = run.sim.handle(method, path, query, headers, body)
         lowered = {k.lower(): v for k, v in headers.items()}
         if lowered.get("authorization"):
@@ -129,12 +139,27 @@ def _recording(run: Run):
         payload = _json(body)
         if path == "/v1/offchain/login" and isinstance(payload, dict):
             run.secrets.add(str(payload.get("signature")))
-        answer = _json(out_body)
+        answer = _json(decompress(out_body, out_headers.get("Content-Encoding")))
         if path == "/v1/offchain/login" and isinstance(answer, dict) and answer.get("token"):
             run.secrets.add(answer["token"])
         run.requests.append(Request(run.clock.now(), path, status, payload if isinstance(payload, dict) else {}))
         return status, out_headers, out_body
     return handle
+
+
+def _watch_position(run: Run, path: str, order: Any) -> None:
+    """Before each request: the largest position so far, and whether a quote goes out on the
+    side that grows a position the daemon has had time to see."""
+    position = run.sim.exchange.position(run.maker.auth.address)
+    qty = position.qty if position is not None else Decimal(0)
+    run.max_abs_position = max(run.max_abs_position, abs(qty))
+    sign = (qty > 0) - (qty < 0)
+    if sign != run.position_side[0]:
+        run.position_side = (sign, run.clock.now())
+    if path == "/api/new_order" and isinstance(order, dict) and order.get("order_type") == "limit":
+        grows = (sign > 0 and order.get("side") == "buy") or (sign < 0 and order.get("side") == "sell")
+        if grows and run.clock.now() - run.position_side[1] > SEE_POSITION_S + run.position_lag_s:
+            run.growing_quotes.append(Request(run.clock.now(), path, 0, order))
 
 
 def _json(raw: bytes) -> Any:
@@ -222,6 +247,9 @@ def assert_nothing_lost(run: Run, code: int = mm.EXIT_OK, double_s: float = 1.0)
     assert max(metrics["max_double_s"].values()) <= double_s, metrics["max_double_s"]
     sent_ids = [r.body.get("cl_ord_id") for r in run.requests if r.path == "/api/new_order"]
     assert len(sent_ids) == len(set(sent_ids)), "an order was sent twice"
+    assert max(metrics["max_live_orders"].values()) <= 2, metrics["max_live_orders"]
+    assert run.max_abs_position <= QTY, f"position reached {run.max_abs_position}"
+    assert run.growing_quotes == [], "a quote went out on the side that grows the position"
     assert not run.decision_loops & run.failed_read_loops, "a decision was made on a failed read"
     assert_no_secret(run)
 
@@ -231,3 +259,10 @@ def assert_no_secret(run: Run) -> None:
     leaked = [s for s in run.secrets if s and s != "None" and s in shown]
     assert not leaked, "a secret appears in the output"
     assert "Traceback" not in run.logs
+
+
+def assert_nothing_arrives_late(run: Run) -> None:
+    """No order of ours was still on its way when the daemon said it stopped clean: ten
+    seconds later the exchange still shows none. Run last: it moves the clock on."""
+    run.clock.sleep(10)
+    assert run.our_resting() == [], "an order of ours appeared after the stop"

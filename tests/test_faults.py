@@ -18,8 +18,8 @@ import market_maker as mm
 from standx_auth import AuthError
 from standx_sim.faults import FOREIGN_ADDRESS
 from standx_sim.simulate import throwaway_key
-from tests.fault_harness import (QTY, Run, assert_no_secret, assert_nothing_lost, flat_market,
-                                 run_daemon)
+from tests.fault_harness import (QTY, Run, assert_no_secret, assert_nothing_arrives_late,
+                                 assert_nothing_lost, flat_market, run_daemon)
 from tests.sim_process import account, start_daemon_process, wait_until
 
 READS = ("/api/query_positions", "/api/query_symbol_price", "/api/query_open_orders", "/api/query_balance")
@@ -187,9 +187,10 @@ def fill_around_cancel(before: bool):
             done.append(True)
             if before:
                 fill_our_buy(run)
-            send_cancel(cl_ord_ids)
+            accepted = send_cancel(cl_ord_ids)
             if not before:
                 fill_our_buy(run)
+            return accepted
         run.maker._send_cancel = wrapped
     return install
 
@@ -308,6 +309,7 @@ def test_fault_leaves_nothing_lost(name, monkeypatch):
     run = run_daemon(monkeypatch=monkeypatch, **row)
     assert_nothing_lost(run, code, double_s)
     check(run)
+    assert_nothing_arrives_late(run)
 
 
 def test_stop_during_a_stalled_exchange_still_ends_within_15_s(monkeypatch):

@@ -1,12 +1,14 @@
 """MarketMaker decisions, against an in-memory exchange (tests/fake_api.py)."""
 from __future__ import annotations
 
+import threading
+import time
 from decimal import Decimal
 
 import pytest
 
 import market_maker as mm
-from standx_auth import StandXError, UnknownOutcomeError
+from standx_auth import RealClock, StandXError, UnknownOutcomeError
 from tests.exchange_fakes import START_TIME as START, FakeClock
 from tests.fake_api import FakeApi, FakeAuth
 
@@ -272,15 +274,30 @@ def calls_after_last(exchange: FakeApi, name: str) -> list[str]:
     return names[len(names) - names[::-1].index(name):]
 
 
-def test_price_move_out_of_band_requotes_new_before_cancelling_old(maker, exchange):
+def test_price_move_out_of_band_cancels_the_old_quotes_then_places_new_ones(maker, exchange):
     maker.run_once()
     old = {o["side"]: o["cl_ord_id"] for o in exchange.ours()}
     exchange.prices["mark_price"] = "100.05"  # buy now 12.5 bps away, sell 2.5 bps
     step(maker)
     assert calls_after_last(exchange, "query_symbol_price") == \
-        ["new_limit_order", "new_limit_order", "cancel_orders"]
+        ["cancel_orders", "new_limit_order", "new_limit_order"]
     assert set(exchange.calls_of("cancel_orders")[-1]["cl_ord_ids"]) == set(old.values())
     # 100.05 -/+ 7.5 bps = 99.97496 / 100.12504, rounded away from the mark.
+    assert {o["price"] for o in exchange.ours()} == {"99.974", "100.126"}
+
+
+def test_no_replacement_joins_a_quote_whose_cancel_failed(maker, exchange):
+    maker.run_once()
+    step(maker)
+    exchange.fail("cancel_orders")
+    exchange.prices["mark_price"] = "100.05"
+    for _ in range(10):
+        step(maker)
+    assert len(placed(exchange)) == 2  # the old quotes stay, alone, while they cannot be cancelled
+    exchange.heal("cancel_orders")
+    step(maker, mm.CANCEL_RETRY_S)  # the cancel is retried and accepted...
+    step(maker)  # ...and the side is requoted
+    assert len(exchange.ours()) == 2 and len(placed(exchange)) == 4
     assert {o["price"] for o in exchange.ours()} == {"99.974", "100.126"}
 
 
@@ -741,3 +758,24 @@ def test_no_new_quote_once_a_stop_is_requested(maker, exchange):
     maker.request_stop("SIGTERM")
     maker.run_once()
     assert placed(exchange) == []
+
+
+# ---- time: a step of the system clock -------------------------------------------------------------
+
+@pytest.mark.parametrize("step_s", [-60, 60])
+def test_a_step_of_the_system_clock_neither_pauses_the_loop_nor_ends_it_early(exchange, monkeypatch, step_s):
+    real_time = time.time
+    stepped_after = real_time() + 0.3
+    monkeypatch.setattr(time, "time", lambda: real_time() + (step_s if real_time() > stepped_after else 0))
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "MARKET_MAKER_CHECK_INTERVAL": "0.1"})
+    clock = RealClock()
+    maker = mm.MarketMaker(config, FakeAuth(clock), clock=clock)
+    codes = []
+    runner = threading.Thread(target=lambda: codes.append(maker.run(duration_s=1.0)), daemon=True)
+    started = time.monotonic()
+    runner.start()
+    runner.join(6)
+    assert codes == [mm.EXIT_OK]  # finished, and cleanly
+    assert time.monotonic() - started >= 1.0  # the run's duration was not cut short either
+    loops = len(exchange.calls_of("query_positions"))
+    assert 8 <= loops <= 20  # about one every 0.1 s throughout: no pause, no spin

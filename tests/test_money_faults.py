@@ -1,0 +1,283 @@
+"""Issue 9: the ways the daemon could still lose money or leave orders behind, each driven
+through the real daemon against the simulator's fault injection, in virtual time.
+
+Every run must leave nothing lost (tests/fault_harness.assert_nothing_lost: exit code, no
+order of ours, no position, at most two live orders a side, |position| never above one quote,
+no quote on the side that grows a seen position, no order sent twice, no secret shown) and no
+order of ours may appear after the stop. Then each test checks what its defect needs.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+import market_maker as mm
+from tests.fault_harness import (QTY, START_TS, Run, assert_nothing_arrives_late,
+                                 assert_nothing_lost, flat_market, moving_market, run_daemon)
+
+READS = ("/api/query_positions", "/api/query_symbol_price", "/api/query_open_orders",
+         "/api/query_balance")
+
+
+def quotes(run: Run, since: float = 0.0, until: float = float("inf"), side: str | None = None):
+    return [r for r in run.sent("/api/new_order", since, until)
+            if r.body.get("order_type") == "limit" and side in (None, r.body.get("side"))]
+
+
+def closes(run: Run, since: float = 0.0):
+    return [r for r in run.sent("/api/new_order", since) if r.body.get("order_type") == "market"]
+
+
+def two_sided_at_the_end(run: Run) -> None:
+    assert run.sides_before_stop == ["buy", "sell"]
+
+
+def finish(run: Run, code: int = mm.EXIT_OK, double_s: float = 3.0) -> None:
+    assert_nothing_lost(run, code, double_s)
+    assert_nothing_arrives_late(run)
+
+
+def shift(bps: float):
+    return lambda run: run.sim.exchange.shift_bps(bps)
+
+
+def sell_into_our_bid(run: Run) -> None:
+    """A seller takes whatever bid of ours rests (a fill of one quote)."""
+    bids = [o for o in run.our_resting() if o.side == "buy"]
+    if bids:
+        run.sim.exchange.add_trade(bids[0].price, QTY, "sell")
+
+
+# ---- 1. a learned clock offset goes away again ---------------------------------------------------
+
+def test_signing_offset_returns_to_zero_after_the_clock_is_fixed_and_quoting_goes_on(monkeypatch):
+    run = run_daemon(40, market=flat_market(), monkeypatch=monkeypatch, actions=[
+        (5, lambda run: run.sim.set_clock_skew(45)), (6, shift(3)),
+        (15, lambda run: run.sim.set_clock_skew(0)), (16, shift(-3)), (25, sell_into_our_bid)])
+    assert run.maker.auth.time_offset_s == 0.0
+    assert "our clock agrees with the exchange's again" in run.logs
+    after_fix = run.sent("/api/new_order", run.t(16))
+    assert after_fix and all(r.status == 200 for r in after_fix)  # quotes and the close signed right
+    assert closes(run, run.t(25))
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+# ---- 2. failing cancels never pile orders up ----------------------------------------------------
+
+def whipsaw(start: float, end: float, bps: float = 3.0, every_s: float = 1.5):
+    return [(t, shift(bps if i % 2 == 0 else -bps))
+            for i, t in enumerate(x / 10 for x in range(int(start * 10), int(end * 10), int(every_s * 10)))]
+
+
+def test_failing_cancels_in_a_moving_market_never_pile_orders_up(monkeypatch):
+    run = run_daemon(40, market=flat_market(), monkeypatch=monkeypatch,
+                     setup=lambda run: run.sim.faults.add("error", path="/api/cancel_orders",
+                                                          after_s=5, for_s=20),
+                     actions=whipsaw(5, 25))
+    assert quotes(run, run.t(5.5), run.t(25)) == []  # no new order beside one we cannot cancel
+    failed = [r for r in run.sent("/api/cancel_orders") if r.status == 500]
+    retried = run.sent("/api/cancel_orders", run.t(25))
+    assert failed and retried  # the cancels kept failing, and were retried once they could work
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+# ---- 3. a step of the system clock never freezes the loop ---------------------------------------
+
+@pytest.mark.parametrize("step_s", [-60, 60])
+def test_a_wall_clock_step_neither_stops_the_loop_nor_delays_a_close(step_s, monkeypatch):
+    run = run_daemon(25, market=flat_market(), monkeypatch=monkeypatch, actions=[
+        (5, lambda run: run.clock.step_wall(step_s)), (6, sell_into_our_bid)])
+    reads = run.sent("/api/query_positions", run.t(5))
+    gaps = [b.t - a.t for a, b in zip(reads, reads[1:])]
+    assert max(gaps) < 1.5  # the loop went on every 0.5 s
+    close = closes(run, run.t(6))
+    assert close and close[0].t - run.t(6) < 1.5 and close[0].status == 200
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+# ---- 4. a fill the position answer does not show yet is never re-quoted -------------------------
+
+def test_a_fill_the_position_answer_lags_is_not_quoted_again_on_that_side(monkeypatch):
+    def lag(run: Run) -> None:
+        run.sim.set_position_lag(3)
+        run.position_lag_s = 3
+    fills = [(6 + 0.6 * i, sell_into_our_bid) for i in range(6)]  # a seller keeps hitting bids
+    run = run_daemon(25, market=flat_market(), monkeypatch=monkeypatch, setup=lag, actions=fills)
+    assert run.metrics()["maker_fills"] == 1
+    assert run.max_abs_position == QTY
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+# ---- 5. a failed early renewal keeps the valid token --------------------------------------------
+
+def test_a_failed_token_renewal_does_not_stop_a_fill_being_closed(monkeypatch):
+    def short_tokens(run: Run) -> None:
+        run.sim.set_max_token_lifetime(600)  # renewal due at 540 s
+        run.sim.faults.add("error", path="/v1/offchain/prepare-signin", after_s=530, for_s=40)
+    run = run_daemon(580, market=flat_market(), monkeypatch=monkeypatch, setup=short_tokens,
+                     actions=[(550, sell_into_our_bid)])
+    assert "token renewal failed" in run.logs
+    close = closes(run, run.t(550))
+    assert close and close[0].t - run.t(550) < 1.5 and close[0].status == 200
+    private = [r for r in run.requests if r.t >= run.t(540) and r.path.startswith("/api/")
+               and r.path not in ("/api/query_symbol_price", "/api/query_symbol_info")]
+    assert all(r.status != 401 for r in private)
+    assert len(run.sent("/v1/offchain/login")) == 2  # renewed once the login worked again
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+# ---- 6. the stop logs in afresh, whatever the backoff -------------------------------------------
+
+def test_the_stop_logs_in_at_once_after_the_exchange_recovers_from_failing_logins(monkeypatch):
+    def outage(run: Run) -> None:
+        run.sim.faults.add("error", path="/v1/offchain/prepare-signin", after_s=5, for_s=60)
+    run = run_daemon(68, market=flat_market(), monkeypatch=monkeypatch, setup=outage,
+                     actions=[(5, lambda run: run.sim.expire_tokens())])
+    assert "login failed (" in run.logs
+    assert run.sides_before_stop == ["buy", "sell"]  # our quotes rested through the outage
+    stop_logins = run.sent("/v1/offchain/login", run.stop_requested_at)
+    assert stop_logins and stop_logins[0].t - run.stop_requested_at < 2
+    finish(run)
+
+
+# ---- 7. compressed answers ----------------------------------------------------------------------
+
+def test_compressed_answers_are_decoded_from_login_to_stop(monkeypatch):
+    encodings = []
+
+    def record_encoding(run: Run) -> None:
+        handle = run.sim.handle
+
+        def handle_and_note(method, path, query, headers, body):
+            answer = handle(method, path, query, headers, body)
+            encodings.append(answer[1].get("Content-Encoding"))
+            return answer
+        run.sim.handle = handle_and_note
+    run = run_daemon(10, market=flat_market(), monkeypatch=monkeypatch, setup=record_encoding)
+    assert "gzip" in encodings and run.sim.compress
+    assert len(run.sent("/v1/offchain/login")) == 1
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+# ---- 8. a server that sends its headers slowly ----------------------------------------------------
+
+def test_headers_that_trickle_in_cost_one_request_limit_and_the_loop_goes_on(monkeypatch):
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch, setup=lambda run: run.sim.faults.add(
+        "slow_headers", path="/api/query_positions", after_s=5, count=1, stall_s=30))
+    slow = run.sent("/api/query_positions", run.t(5), run.t(6))[0]
+    after = run.sent("/api/query_positions", slow.t + 0.01)
+    assert after and after[0].t - slow.t <= 8.5  # REQUEST_TOTAL_S, not the 30 s of headers
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+def test_a_stop_while_every_answer_trickles_in_ends_within_its_deadline(monkeypatch):
+    def trickle_then_stop(run: Run) -> None:
+        run.sim.faults.add("slow_headers", stall_s=60)
+        run.maker.request_stop("SIGTERM")
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch, actions=[(5, trickle_then_stop)])
+    assert run.ended_at - run.stop_requested_at <= mm.STOP_DEADLINE_S + 1
+    assert run.code == mm.EXIT_ERROR and "could not confirm" in run.logs
+
+
+# ---- 9. orders that become visible late are not doubled -----------------------------------------
+
+def test_orders_visible_only_after_four_seconds_cost_no_churn_and_no_duplicate(monkeypatch):
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch,
+                     setup=lambda run: run.sim.set_visibility_delay(4))
+    assert len(quotes(run)) == 2  # one quote a side, kept while it became visible
+    assert run.sent("/api/cancel_orders", until=run.stop_requested_at) == []  # no stray, no churn
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+def test_a_stop_right_after_a_requote_waits_for_the_late_orders_and_cancels_them(monkeypatch):
+    def slow_then_move(run: Run) -> None:
+        run.sim.set_visibility_delay(4)
+        run.sim.exchange.shift_bps(3)
+
+    def stop(run: Run) -> None:
+        run.maker.request_stop("SIGTERM")
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch,
+                     actions=[(5, slow_then_move), (5.8, stop)])
+    assert quotes(run, run.t(5))  # the requote went out just before the stop
+    finish(run)  # and nothing of ours rests, now or ten seconds later
+
+
+# ---- 10. a stop during start-up goes through the clean stop -------------------------------------
+
+def test_a_stop_during_start_up_cancels_the_orders_an_earlier_run_left(monkeypatch):
+    def leftover_and_no_rules(run: Run) -> None:
+        run.sim.exchange.submit_order(run.address, side="buy", order_type="limit", qty=QTY,
+                                      time_in_force="alo", reduce_only=False,
+                                      price=Decimal("94000"), cl_ord_id="sxmmbleft1")
+        run.sim.faults.add("error", path="/api/query_symbol_info")  # start cannot finish
+
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch,
+                     setup=together(leftover_and_no_rules, stop_at(4)))
+    assert "cannot start yet" in run.logs
+    assert run.sim.exchange.find_order(run.address, cl_ord_id="sxmmbleft1").status == "canceled"
+    assert quotes(run) == []
+    finish(run)
+
+
+def together(*setups):
+    def setup(run: Run) -> None:
+        for one in setups:
+            one(run)
+    return setup
+
+
+def stop_at(seconds: float):
+    """SIGTERM `seconds` into the run, wherever the daemon is (start-up retries included)."""
+    def install(run: Run) -> None:
+        sleep = run.clock.sleep
+
+        def sleep_then_stop(pause: float) -> None:
+            sleep(pause)
+            if run.clock.now() >= run.t(seconds) and not run.maker.stop_requested:
+                run.maker.request_stop("SIGTERM")
+        run.clock.sleep = sleep_then_stop
+    return install
+
+
+# ---- also closed: lot grid, 200 with a code, old prices ------------------------------------------
+
+def test_a_position_with_more_decimals_than_the_lot_is_closed_in_one_order(monkeypatch):
+    def odd_fill(run: Run) -> None:
+        bid = next(o for o in run.our_resting() if o.side == "buy")
+        run.sim.exchange.fill_resting(run.address, bid.cl_ord_id, Decimal("0.00123457"))
+    run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch, actions=[(5, odd_fill)])
+    close = closes(run, run.t(5))
+    assert close[0].body["qty"] == "0.0013" and close[0].status == 200
+    assert len(close) == 1
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+def test_an_order_answered_200_with_an_error_code_is_not_taken_as_placed(monkeypatch):
+    run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch, setup=lambda run: run.sim.faults.add(
+        "body", path="/api/new_order", after_s=5, count=1, body={"code": 400, "message": "qty too small"}),
+        actions=[(5, shift(3))])
+    assert "refused (code 400): qty too small" in run.logs
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+def test_no_quote_is_priced_off_a_price_read_that_took_seconds(monkeypatch):
+    run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch, setup=lambda run: run.sim.faults.add(
+        "stall", path="/api/query_symbol_price", after_s=5, count=1, stall_s=3),
+        actions=[(5, shift(3))])
+    assert "s old: no quote decision on it" in run.logs
+    slow, fresh = run.sent("/api/query_symbol_price", run.t(5))[:2]
+    assert fresh.t - slow.t >= 3
+    assert quotes(run, slow.t, fresh.t) == []  # nothing on the 3 s old price
+    two_sided_at_the_end(run)
+    finish(run)

@@ -329,7 +329,7 @@ class Market:
     mark: Decimal
     best_bid: Decimal | None
     best_ask: Decimal | None
-    read_at: float = 0.0  # monotonic time the price request was sent
+    read_at: float  # monotonic time the price request was sent
 
 
 @dataclass

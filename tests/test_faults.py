@@ -312,9 +312,11 @@ def test_fault_leaves_nothing_lost(name, monkeypatch):
     assert_nothing_arrives_late(run)
 
 
-def test_stop_during_a_stalled_exchange_still_ends_within_15_s(monkeypatch):
+@pytest.mark.parametrize("kind", ["stall", "slow_headers"])
+def test_stop_during_a_stalled_exchange_still_ends_within_15_s(kind, monkeypatch):
+    """Every answer held back, or its status line and headers sent a few bytes at a time."""
     def stall_everything_then_stop(run: Run) -> None:
-        run.sim.faults.add("stall", stall_s=30)
+        run.sim.faults.add(kind, stall_s=30)
         run.maker.request_stop("SIGTERM")
     run = run_daemon(30, actions=[(5, stall_everything_then_stop)], monkeypatch=monkeypatch)
     assert run.ended_at - run.stop_requested_at <= 15

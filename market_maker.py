@@ -10,6 +10,8 @@ loop, cancel our orders, confirm, close any position, exit.
 from __future__ import annotations
 
 import argparse
+import difflib
+import io
 import json
 import logging
 import logging.handlers
@@ -27,7 +29,8 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from functools import partial
 from typing import Any, Callable, Mapping
 
-from dotenv import load_dotenv
+from dotenv.parser import parse_stream
+from eth_account import Account
 
 import standx_api as api
 from alerts import AlertConfig, AlertConfigError, Alerter, load_alert_config
@@ -142,6 +145,29 @@ class Config:
 
 # ---- configuration -------------------------------------------------------------------------
 
+# Every setting the daemon reads. A name under one of SETTING_PREFIXES that is not here (a
+# typo, or the right name in lower case) is refused: it would otherwise be ignored, and the
+# default silently used in its place.
+KNOWN_SETTINGS = frozenset({
+    "WALLET_PRIVATE_KEY", "MARKET_MAKER_SYMBOL", "MARKET_MAKER_QTY", "MARKET_MAKER_TARGET_BPS",
+    "MARKET_MAKER_MIN_BPS", "MARKET_MAKER_MAX_BPS", "MARKET_MAKER_BALANCE_THRESHOLD_1",
+    "MARKET_MAKER_BALANCE_THRESHOLD_2", "MARKET_MAKER_BALANCE_EXIT", "MARKET_MAKER_CHECK_INTERVAL",
+    "MARKET_MAKER_TIME_IN_FORCE", "MARKET_MAKER_REQUOTE", "MARKET_MAKER_STATE_DIR",
+    "STANDX_AUTH_BASE_URL", "STANDX_PERPS_BASE_URL", "LOG_LEVEL",
+    "ALERT_TELEGRAM_BOT_TOKEN", "ALERT_TELEGRAM_CHAT_ID", "ALERT_WEBHOOK_URL",
+})
+SETTING_PREFIXES = ("MARKET_MAKER_", "STANDX_", "WALLET_", "ALERT_")
+
+
+def check_setting_names(env: Mapping[str, str]) -> None:
+    """Refuse an unknown name that looks like one of our settings, suggesting the closest."""
+    for name in sorted(env):
+        if name.upper().startswith(SETTING_PREFIXES) and name not in KNOWN_SETTINGS:
+            closest = difflib.get_close_matches(name.upper(), sorted(KNOWN_SETTINGS), n=1, cutoff=0.6)
+            hint = f"; did you mean {closest[0]}?" if closest else ""
+            raise ConfigError(name, f"is not a setting of this daemon{hint}")
+
+
 def _decimal_setting(env: Mapping[str, str], name: str, default: str) -> Decimal:
     raw = env.get(name, "").strip() or default
     try:
@@ -169,6 +195,7 @@ def _url_setting(env: Mapping[str, str], name: str, default: str) -> str:
 
 def load_config(env: Mapping[str, str]) -> Config:
     """Read and validate every setting; the first bad one raises ConfigError."""
+    check_setting_names(env)
     raw_key = env.get("WALLET_PRIVATE_KEY", "")
     if not raw_key.strip():
         raise ConfigError("WALLET_PRIVATE_KEY", "is not set")
@@ -319,9 +346,14 @@ def is_live(order: Mapping[str, Any]) -> bool:
 
 @dataclass
 class SymbolRules:
+    """The symbol's trading rules; a limit the exchange does not state is None."""
     tick: Decimal
     lot: Decimal
     min_qty: Decimal
+    max_qty: Decimal | None = None  # largest order
+    max_position: Decimal | None = None  # largest position
+    max_open_orders: int | None = None
+    trading: bool = True
 
 
 @dataclass
@@ -413,7 +445,7 @@ def reward_summary(uptime: UptimeTracker, now: float) -> str:
 
 
 def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
-    """Tick, lot and minimum size of the symbol from query_symbol_info."""
+    """Tick, lot, size limits and trading state of the symbol from query_symbol_info."""
     if not isinstance(rows, list):
         raise StandXError("symbol info answer malformed", 200)  # a read to retry
     row = next((r for r in rows if isinstance(r, dict) and r.get("symbol") == symbol), None)
@@ -422,9 +454,20 @@ def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
     try:
         return SymbolRules(tick=Decimal(1).scaleb(-int(row["price_tick_decimals"])),
                            lot=Decimal(1).scaleb(-int(row["qty_tick_decimals"])),
-                           min_qty=Decimal(str(row["min_order_qty"])))
+                           min_qty=Decimal(str(row["min_order_qty"])),
+                           max_qty=_optional_limit(row, "max_order_qty"),
+                           max_position=_optional_limit(row, "max_position_size"),
+                           max_open_orders=(int(row["max_open_orders"])
+                                            if row.get("max_open_orders") is not None else None),
+                           trading=row.get("enabled") is not False
+                           and str(row.get("status", "trading")).lower() == "trading")
     except (KeyError, TypeError, ValueError, InvalidOperation):
         raise StandXError(f"symbol info for {symbol} is malformed", 200) from None
+
+
+def _optional_limit(row: Mapping[str, Any], name: str) -> Decimal | None:
+    value = row.get(name)
+    return None if value is None else Decimal(str(value))
 
 
 def close_qty(position: Decimal, rules: SymbolRules | None) -> Decimal:
@@ -438,10 +481,23 @@ def close_qty(position: Decimal, rules: SymbolRules | None) -> Decimal:
 
 
 def check_qty(qty: Decimal, rules: SymbolRules) -> None:
+    """Every limit the symbol info states, against our quote size: an order the exchange would
+    refuse every time is refused here, once, with the limit named."""
+    if not rules.trading:
+        raise ConfigError("MARKET_MAKER_SYMBOL", "the exchange says this symbol is not trading")
     if qty < rules.min_qty:
         raise ConfigError("MARKET_MAKER_QTY", f"{qty} is below the exchange minimum {rules.min_qty}")
     if qty % rules.lot != 0:
         raise ConfigError("MARKET_MAKER_QTY", f"{qty} is not a multiple of the lot size {rules.lot}")
+    if rules.max_qty is not None and qty > rules.max_qty:
+        raise ConfigError("MARKET_MAKER_QTY", f"{qty} is above the exchange's largest order {rules.max_qty}")
+    if rules.max_position is not None and qty > rules.max_position:
+        raise ConfigError("MARKET_MAKER_QTY",
+                          f"{qty} is above the exchange's largest position {rules.max_position}")
+    if rules.max_open_orders is not None and rules.max_open_orders < 2 * MAX_ORDERS_PER_SIDE + 1:
+        raise ConfigError("MARKET_MAKER_SYMBOL",
+                          f"the exchange allows only {rules.max_open_orders} open orders; "
+                          f"quoting needs up to {2 * MAX_ORDERS_PER_SIDE + 1}")
 
 
 # ---- the daemon ----------------------------------------------------------------------------
@@ -509,7 +565,8 @@ class MarketMaker:
             self.auth.deadline = self.stop_requested_at + LOOP_GRACE_S
 
     def start(self) -> None:
-        """Log in, load the symbol's rules, cancel our leftovers, read the balance."""
+        """Log in, load the symbol's rules, check the account can carry the quotes, cancel our
+        leftovers, read the balance."""
         self.auth.authenticate()
         self._set_rules(parse_symbol_rules(api.query_symbol_info(self.auth, self.config.symbol),
                                            self.config.symbol))
@@ -517,11 +574,35 @@ class MarketMaker:
             log.warning("MARKET_MAKER_TIME_IN_FORCE=gtc: a quote can take liquidity if the book "
                         "moves onto it before it rests; alo (post-only) is safer")
         leftovers = [o for o in self._read_open_orders_or_raise() if is_our_order(o)]
+        self._check_margin(leftovers)
         if leftovers:
             log.info("cancelling %d order(s) of ours left by an earlier run", len(leftovers))
             self.strays = {o["cl_ord_id"]: str(o.get("side")) for o in leftovers}
             self._cancel_ids(list(self.strays))
         self._set_mode(self._read_balance_or_raise(), initial=True)
+
+    def _check_margin(self, leftovers: list[dict[str, Any]]) -> None:
+        """Before the first quote: the margin both quotes need at the position's leverage must
+        fit in what the account has available (plus what our leftovers, about to be cancelled,
+        hold). Otherwise every quote would be refused: a configuration error, said once."""
+        try:
+            leverage = Decimal(str(api.query_position_config(self.auth, self.config.symbol)["leverage"]))
+            prices = api.query_symbol_price(self.auth, self.config.symbol)
+            mark = positive_decimal(prices.get("mark_price")) or positive_decimal(prices.get("mid_price"))
+            snapshot = api.query_balance(self.auth)
+            available = Decimal(str(next(snapshot[k] for k in ("cross_available", "balance", "equity")
+                                         if snapshot.get(k) is not None)))
+            held = sum((Decimal(str(o["qty"])) * Decimal(str(o["price"])) for o in leftovers), Decimal(0))
+        except (KeyError, TypeError, AttributeError, InvalidOperation, StopIteration):
+            raise StandXError("margin check: an answer is malformed", 200) from None
+        if mark is None or not leverage.is_finite() or leverage <= 0 or not available.is_finite():
+            raise StandXError("margin check: an answer is malformed", 200)
+        needed = 2 * self.qty * mark / leverage
+        available += held / leverage
+        if available < needed:
+            raise ConfigError("MARKET_MAKER_QTY",
+                              f"the account cannot carry both quotes: they need {needed:.2f} of margin "
+                              f"at {leverage}x leverage, and {available:.2f} is available")
 
     def _set_rules(self, rules: SymbolRules) -> None:
         """Tick, lot and minimum size; the quote size goes out with exactly the lot's decimals."""
@@ -1176,7 +1257,29 @@ def load_environment(env_file: str | None) -> None:
         raise ConfigError("--env-file", f"no such file: {env_file}")
     if os.path.isfile(path):
         warn_if_env_file_open(path)
-        load_dotenv(path, override=False)
+        for name, value in read_env_file(path).items():
+            os.environ.setdefault(name, value)
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """The NAME=value lines of an env file (a UTF-8 byte-order mark is allowed). A line that
+    cannot be parsed is an error naming the file and the line: skipping it would run with a
+    default in place of the setting it meant to give."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        raise ConfigError(path, "is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(path, f"cannot be read ({exc.strerror})") from None
+    values: dict[str, str] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(f"{path}, line {binding.original.line}",
+                              "cannot be parsed (an unbalanced quote?)")
+        if binding.key is not None:
+            values[binding.key] = binding.value or ""
+    return values
 
 
 def number_argument(kind: Callable[[str], Any], minimum: float = 0, *,
@@ -1219,8 +1322,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help=f"where to write the run's report (default: {DEFAULT_SIM_REPORT})")
     args = parser.parse_args(argv)
     if not args.simulate and (args.market_data or args.duration):
-        parser.error("--market-data and --duration need --simulate")
+        usage_error("--market-data and --duration need --simulate")
+    others = [name for name, given in (("--check-config", args.check_config), ("--simulate", args.simulate),
+                                       ("--log-file", args.log_file)) if given]
+    if args.status and others:
+        usage_error(f"--status only reads the account: it cannot be combined with {', '.join(others)}")
     return args
+
+
+def usage_error(message: str) -> None:
+    """A wrong combination of options: one line, exit 2."""
+    print(f"usage error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
 
 
 def setup_logging(level: str, log_file: str | None = None) -> None:
@@ -1277,6 +1390,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.check_config:
         print(f"configuration OK: {describe(config)}")
+        print(f"wallet {Account.from_key(config.private_key).address}, auth {config.auth_base_url}, "
+              f"perps {config.perps_base_url}")
         return EXIT_OK
     if args.status:
         setup_logging("CRITICAL")  # the one line below says what failed
@@ -1398,5 +1513,15 @@ def simulate(config: Config, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
 
+def run_cli() -> int:
+    """main(), for a shell: output piped into a program that stops reading early (`| head`)
+    ends the process quietly instead of with a traceback."""
+    try:
+        return main()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli())

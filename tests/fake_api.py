@@ -33,6 +33,7 @@ class FakeApi:
                                        "spread_bid": None, "spread_ask": None}
         self.balance: dict[str, Any] = {"balance": balance, "equity": balance}
         self.position = Decimal(0)
+        self.leverage = 40
         self.open: list[dict[str, Any]] = []
         self.final: dict[str, str] = {}  # cl_ord_id -> final status, for query_order
         self.filled: dict[str, str] = {}  # cl_ord_id -> fill_qty of a filled order
@@ -83,6 +84,10 @@ class FakeApi:
     def query_balance(self, auth: Any) -> dict[str, Any]:
         self._record("query_balance")
         return dict(self.balance)
+
+    def query_position_config(self, auth: Any, symbol: str) -> dict[str, Any]:
+        self._record("query_position_config", symbol=symbol)
+        return {"symbol": symbol, "leverage": self.leverage, "margin_mode": "cross"}
 
     def query_positions(self, auth: Any, symbol: str | None = None) -> list[dict[str, Any]]:
         self._record("query_positions", symbol=symbol)

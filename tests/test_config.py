@@ -191,3 +191,82 @@ def test_the_simulator_cli_rejects_a_non_number_in_one_line():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith("argument --meter-qty: not a number: 'abc'")
     assert "Traceback" not in result.stderr
+
+
+# ---- settings are never silently wrong ------------------------------------------------------------
+
+MISNAMED = [
+    ("MARKET_MAKER_QTYY", "MARKET_MAKER_QTY"),
+    ("market_maker_qty", "MARKET_MAKER_QTY"),
+    ("MARKET_MAKER_TARGET", "MARKET_MAKER_TARGET_BPS"),
+    ("STANDX_PERPS_URL", "STANDX_PERPS_BASE_URL"),
+    ("WALLET_PRIVATEKEY", "WALLET_PRIVATE_KEY"),
+    ("Alert_Webhook_Url", "ALERT_WEBHOOK_URL"),
+]
+
+
+@pytest.mark.parametrize("name, closest", MISNAMED)
+def test_an_unknown_setting_name_is_refused_with_the_closest_known_one(name, closest):
+    with pytest.raises(mm.ConfigError) as caught:
+        mm.load_config({"WALLET_PRIVATE_KEY": KEY, name: "0.01"})
+    assert str(caught.value) == f"{name}: is not a setting of this daemon; did you mean {closest}?"
+
+
+def test_a_name_outside_our_prefixes_is_left_alone():
+    assert mm.load_config({"WALLET_PRIVATE_KEY": KEY, "PATH": "/usr/bin", "QTY": "1"}).qty == Decimal("0.005")
+
+
+def test_cli_typo_in_the_env_file_exits_2_before_any_request(tmp_path):
+    env_file = tmp_path / "account.env"
+    env_file.write_text(f"WALLET_PRIVATE_KEY={KEY}\nMARKET_MAKER_QTYY=0.01\n")
+    env_file.chmod(0o600)
+    result = run_cli(tmp_path, "--env-file", str(env_file), "--check-config")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("configuration error: MARKET_MAKER_QTYY: is not a setting of this "
+                                     "daemon; did you mean MARKET_MAKER_QTY?")
+    assert "configuration OK" not in result.stdout
+
+
+def test_an_env_file_line_that_cannot_be_parsed_names_the_file_and_line(tmp_path):
+    env_file = tmp_path / "account.env"
+    env_file.write_text(f"WALLET_PRIVATE_KEY={KEY}\n# the size\nMARKET_MAKER_QTY=\"0.01\nLOG_LEVEL=INFO\n")
+    env_file.chmod(0o600)
+    result = run_cli(tmp_path, "--env-file", str(env_file), "--check-config")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"configuration error: {env_file}, line 3: cannot be parsed "
+                                     "(an unbalanced quote?)")
+    assert KEY_HEX not in result.stderr
+
+
+def test_an_env_file_saved_with_a_byte_order_mark_keeps_its_first_setting(tmp_path):
+    env_file = tmp_path / "account.env"
+    env_file.write_bytes(b"\xef\xbb\xbf" + f"WALLET_PRIVATE_KEY={KEY}\nMARKET_MAKER_QTY=0.01\n".encode())
+    env_file.chmod(0o600)
+    result = run_cli(tmp_path, "--env-file", str(env_file), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert "qty=0.01" in result.stdout
+
+
+def test_check_config_names_the_wallet_and_the_endpoints_never_the_key(tmp_path):
+    result = run_cli(tmp_path, "--check-config", WALLET_PRIVATE_KEY=KEY,
+                     STANDX_PERPS_BASE_URL="http://127.0.0.1:9")
+    assert result.returncode == 0, result.stderr
+    assert ("wallet 0x2c7536E3605D9C16a7a3D7b1898e529396a65c23, auth https://api.standx.com, "
+            "perps http://127.0.0.1:9") in result.stdout
+    assert KEY_HEX not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("other", [["--simulate"], ["--check-config"], ["--log-file", "x.log"]])
+def test_status_with_another_mode_is_refused_in_one_line(tmp_path, other):
+    result = run_cli(tmp_path, "--status", *other, WALLET_PRIVATE_KEY=KEY)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("usage error: --status only reads the account: it cannot be "
+                                     f"combined with {other[0]}")
+
+
+def test_output_into_a_pipe_that_closes_early_prints_no_traceback(tmp_path):
+    command = f"{sys.executable} {REPO / 'market_maker.py'} --check-config | true"
+    for _ in range(3):  # `true` has gone before the daemon (slower to start) writes
+        result = subprocess.run(command, shell=True, cwd=tmp_path, env=clean_env(WALLET_PRIVATE_KEY=KEY),
+                                capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

@@ -164,9 +164,33 @@ def test_balance_is_read_every_tenth_loop(maker, exchange):
     assert len(exchange.calls_of("query_balance")) - before == 2
 
 
-def test_unfunded_account_starts_in_degraded_2(exchange):
+def test_unfunded_account_is_refused_at_start_saying_what_margin_is_missing(exchange):
     exchange.balance = {"balance": "0", "equity": "0"}
-    assert make_maker(exchange).mode == "degraded_2"
+    with pytest.raises(mm.ConfigError, match="need 0.02 of margin at 40x leverage, and 0.00 is available"):
+        make_maker(exchange)
+    assert placed(exchange) == []
+
+
+@pytest.mark.parametrize("available, leverage, starts", [
+    ("0.03", 40, True),    # 2 x 0.005 x 100 / 40 = 0.025 needed
+    ("0.02", 40, False),
+    ("0.05", 20, True),    # 0.05 needed at 20x
+    ("0.049", 20, False),
+])
+def test_margin_for_both_quotes_is_checked_before_the_first_quote(exchange, available, leverage, starts):
+    exchange.balance = {"balance": "1000", "cross_available": available}
+    exchange.leverage = leverage
+    if starts:
+        make_maker(exchange)
+    else:
+        with pytest.raises(mm.ConfigError, match="cannot carry both quotes"):
+            make_maker(exchange)
+
+
+def test_margin_held_by_our_leftovers_counts_as_available(exchange):
+    exchange.add_open("sxmmbold1", "buy", "99")  # 0.005 x 99 / 40 = 0.0124 held
+    exchange.balance = {"balance": "1000", "cross_available": "0.02"}
+    make_maker(exchange)  # 0.0324 with the leftover's margin: enough for 0.025
 
 
 # ---- requote decisions --------------------------------------------------------------------
@@ -534,6 +558,26 @@ def test_qty_below_the_exchange_minimum_is_a_config_error(exchange):
     with pytest.raises(mm.ConfigError, match="MARKET_MAKER_QTY"):
         make_maker(exchange)
     assert placed(exchange) == []
+
+
+@pytest.mark.parametrize("limits, qty, problem", [
+    ({"max_order_qty": "0.001"}, "0.005", "above the exchange's largest order 0.001"),
+    ({"max_position_size": "0.004"}, "0.005", "above the exchange's largest position 0.004"),
+    ({"max_open_orders": "3"}, "0.005", "allows only 3 open orders"),
+    ({"enabled": False}, "0.005", "not trading"),
+    ({"status": "halted"}, "0.005", "not trading"),
+])
+def test_every_limit_of_the_symbol_info_is_checked_at_start(exchange, limits, qty, problem):
+    exchange.symbol_info[0].update(limits)
+    with pytest.raises(mm.ConfigError, match=problem):
+        make_maker(exchange, MARKET_MAKER_QTY=qty)
+    assert placed(exchange) == []
+
+
+def test_qty_within_every_limit_starts(exchange):
+    exchange.symbol_info[0].update({"max_order_qty": "0.005", "max_position_size": "1",
+                                    "max_open_orders": "100", "enabled": True})
+    assert make_maker(exchange).qty == Decimal("0.005")
 
 
 def test_qty_off_the_lot_is_a_config_error(exchange):

@@ -24,6 +24,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from functools import partial
@@ -46,25 +47,37 @@ CL_ORD_ID_PREFIX = "sxmm"
 # Only these mean an order is over; any other status (or none) is treated as still live, so an
 # unexpected spelling can never make us forget an order that rests.
 FINAL_STATUSES = frozenset({"filled", "canceled", "cancelled", "rejected", "expired"})
+# A number in an answer beyond these is garbled, not a price, size or balance.
+WIRE_NUMBER_MAX = Decimal("1e15")
+WIRE_DECIMALS_MAX = 18
 # Ask for the exchange's largest page: a list cut short could hide an order of ours.
 OPEN_ORDERS_LIMIT = 1200
 # The symbol's tick and lot can change: read them again this often.
 RULES_REFRESH_S = 300.0
 BALANCE_CHECK_EVERY_LOOPS = 10
-# An order not visible this long after its answer, and unknown to query_order all along,
-# never reached the exchange (a request lost on the way): it is no longer waited for. Should
-# it appear after all, it counts on its side and the audit cancels it as a stray of ours.
-# Well past the few seconds an accepted order takes to show, even in the slow tail.
+# An order whose request got no clear answer (timeout, 5xx), not visible this long after it
+# and unknown to query_order all along, never reached the exchange: it is no longer waited
+# for. Should it appear after all, it counts on its side and the audit cancels it as a stray.
+# (An order the exchange accepted is waited for however long it takes.)
 UNSEEN_GIVE_UP_S = 10.0
+# ...and forgotten this long after that: a stop until then still cancels it and is not clean
+# while it may yet appear. (Accepted orders show within seconds; 20 s of silence is a request
+# that never arrived.)
+GIVEN_UP_FORGET_S = 10.0
 # An order still not visible after this long is looked up by cl_ord_id: a rejection during
 # matching (an alo that would cross, no margin) is then known at once.
 LOOKUP_AFTER_S = 1.0
-# At most this many orders of ours on a side: the resting one and its replacement.
-MAX_ORDERS_PER_SIDE = 2
+# A replaced quote is looked up this often, for at most this long, until it is seen over.
+CANCEL_POLL_S = 0.05
+CANCEL_CONFIRM_S = 1.0
+# Open orders we may hold at once: a quote a side and a closing order.
+OPEN_ORDERS_NEEDED = 3
 # No quote is priced off a mark read longer ago than this.
 PRICE_MAX_AGE_S = 2.0
-# A side whose order filled waits at most this long for the fill to show in the position.
+# A side whose order vanished, its status unknown, waits this long for a fill to show in the
+# position; one whose status says it filled waits until the fill shows, up to FILL_SHOWS_MAX_S.
 FILL_CHECK_MAX_S = 10.0
+FILL_SHOWS_MAX_S = 300.0
 # A cancel not effective after this long is sent again.
 CANCEL_RETRY_S = 2.0
 # Our orders are tracked locally; the exchange's list is read when an order needs confirming,
@@ -93,6 +106,8 @@ LOOP_GRACE_S = 4.0
 STOP_DEADLINE_S = 13.0
 HARD_STOP_S = 14.5
 STOP_POLL_S = 0.3
+# The hard exit waits this long for its last log line, no longer.
+HARD_EXIT_LOG_S = 0.3
 # This many loops in a row without a decision (failed reads) raise the "failures" alert.
 FAILED_LOOPS_ALERT = 20
 STARTUP_BACKOFF_MAX_S = 60.0
@@ -313,9 +328,7 @@ def signed_position(rows: Any, symbol: str) -> Decimal:
     for row in rows:
         if row.get("symbol") != symbol:
             continue
-        qty = Decimal(str(row["qty"]))
-        if not qty.is_finite():
-            raise ValueError("position qty is not a number")
+        qty = wire_decimal(row["qty"])
         side = str(row.get("side") or "").lower()
         if side in ("short", SELL):
             qty = -abs(qty)
@@ -325,13 +338,27 @@ def signed_position(rows: Any, symbol: str) -> Decimal:
     return total
 
 
+def wire_decimal(value: Any) -> Decimal:
+    """A number from an answer as a Decimal; ValueError unless it is finite and of a size an
+    exchange can mean (a garbled "1e999999" would overflow the arithmetic further on)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("not a number")
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError("not a number") from None
+    if not number.is_finite() or abs(number) >= WIRE_NUMBER_MAX or number.as_tuple().exponent < -WIRE_DECIMALS_MAX:
+        raise ValueError("not a plausible number")
+    return number
+
+
 def positive_decimal(value: Any) -> Decimal | None:
     """A price field as a positive Decimal, or None when absent, null or malformed."""
     try:
-        number = Decimal(str(value)) if value is not None else None
-    except InvalidOperation:
+        number = wire_decimal(value)
+    except ValueError:
         return None
-    return number if number is not None and number.is_finite() and number > 0 else None
+    return number if number > 0 else None
 
 
 def is_our_order(order: Mapping[str, Any]) -> bool:
@@ -377,7 +404,7 @@ class OurOrder:
     seen: bool = False
     stale: bool = False
     cancel_sent_at: float | None = None
-    cancel_accepted: bool = False  # the exchange answered our cancel request with success
+    outcome_unknown: bool = False  # the request got no clear answer: it may never have arrived
 
     @property
     def cancelling(self) -> bool:
@@ -393,6 +420,7 @@ class FillCheck:
     sent_at: float  # when the order was sent
     since: float  # when it was found gone
     filled: bool | None = None  # from the order's own status, once looked up
+    qty: Decimal = Decimal(0)  # how much filled, when the status says
 
 
 class UptimeTracker:
@@ -452,9 +480,9 @@ def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
     if row is None:
         raise ConfigError("MARKET_MAKER_SYMBOL", f"{symbol} is not listed by the exchange")
     try:
-        return SymbolRules(tick=Decimal(1).scaleb(-int(row["price_tick_decimals"])),
-                           lot=Decimal(1).scaleb(-int(row["qty_tick_decimals"])),
-                           min_qty=Decimal(str(row["min_order_qty"])),
+        return SymbolRules(tick=Decimal(1).scaleb(-tick_decimals(row["price_tick_decimals"])),
+                           lot=Decimal(1).scaleb(-tick_decimals(row["qty_tick_decimals"])),
+                           min_qty=wire_decimal(row["min_order_qty"]),
                            max_qty=_optional_limit(row, "max_order_qty"),
                            max_position=_optional_limit(row, "max_position_size"),
                            max_open_orders=(int(row["max_open_orders"])
@@ -465,9 +493,17 @@ def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
         raise StandXError(f"symbol info for {symbol} is malformed", 200) from None
 
 
+def tick_decimals(value: Any) -> int:
+    """A tick's number of decimals: a whole number from 0 to WIRE_DECIMALS_MAX."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,2}", text) or int(text) > WIRE_DECIMALS_MAX:
+        raise ValueError("tick decimals out of range")
+    return int(text)
+
+
 def _optional_limit(row: Mapping[str, Any], name: str) -> Decimal | None:
     value = row.get(name)
-    return None if value is None else Decimal(str(value))
+    return None if value is None else wire_decimal(value)
 
 
 def close_qty(position: Decimal, rules: SymbolRules | None) -> Decimal:
@@ -494,10 +530,10 @@ def check_qty(qty: Decimal, rules: SymbolRules) -> None:
     if rules.max_position is not None and qty > rules.max_position:
         raise ConfigError("MARKET_MAKER_QTY",
                           f"{qty} is above the exchange's largest position {rules.max_position}")
-    if rules.max_open_orders is not None and rules.max_open_orders < 2 * MAX_ORDERS_PER_SIDE + 1:
+    if rules.max_open_orders is not None and rules.max_open_orders < OPEN_ORDERS_NEEDED:
         raise ConfigError("MARKET_MAKER_SYMBOL",
                           f"the exchange allows only {rules.max_open_orders} open orders; "
-                          f"quoting needs up to {2 * MAX_ORDERS_PER_SIDE + 1}")
+                          f"quoting needs up to {OPEN_ORDERS_NEEDED}")
 
 
 # ---- the daemon ----------------------------------------------------------------------------
@@ -528,6 +564,9 @@ class MarketMaker:
         self.strays: dict[str, str] = {}
         self.stray_cancels: dict[str, float] = {}
         self.fill_checks: dict[str, FillCheck] = {}
+        # Orders no longer waited for (never seen): cl_ord_id -> (side, when). A stop still
+        # cancels them and is not clean while one may yet appear.
+        self.given_up: dict[str, tuple[str, float]] = {}
         # The latest send time of a position read that showed a position grown by each side.
         self.position_grown_at = {BUY: float("-inf"), SELL: float("-inf")}
         self.iteration = 0
@@ -586,16 +625,16 @@ class MarketMaker:
         fit in what the account has available (plus what our leftovers, about to be cancelled,
         hold). Otherwise every quote would be refused: a configuration error, said once."""
         try:
-            leverage = Decimal(str(api.query_position_config(self.auth, self.config.symbol)["leverage"]))
+            leverage = wire_decimal(api.query_position_config(self.auth, self.config.symbol)["leverage"])
             prices = api.query_symbol_price(self.auth, self.config.symbol)
             mark = positive_decimal(prices.get("mark_price")) or positive_decimal(prices.get("mid_price"))
             snapshot = api.query_balance(self.auth)
-            available = Decimal(str(next(snapshot[k] for k in ("cross_available", "balance", "equity")
-                                         if snapshot.get(k) is not None)))
-            held = sum((Decimal(str(o["qty"])) * Decimal(str(o["price"])) for o in leftovers), Decimal(0))
-        except (KeyError, TypeError, AttributeError, InvalidOperation, StopIteration):
+            available = wire_decimal(next(snapshot[k] for k in ("cross_available", "balance", "equity")
+                                          if snapshot.get(k) is not None))
+            held = sum((wire_decimal(o["qty"]) * wire_decimal(o["price"]) for o in leftovers), Decimal(0))
+        except (KeyError, TypeError, AttributeError, ValueError, StopIteration):
             raise StandXError("margin check: an answer is malformed", 200) from None
-        if mark is None or not leverage.is_finite() or leverage <= 0 or not available.is_finite():
+        if mark is None or leverage <= 0:
             raise StandXError("margin check: an answer is malformed", 200)
         needed = 2 * self.qty * mark / leverage
         available += held / leverage
@@ -806,29 +845,60 @@ class MarketMaker:
         if check is None or status is None or status not in FINAL_STATUSES:
             return
         check.filled = bool(fill_qty) or status == "filled"
+        check.qty = fill_qty or Decimal(0)
         if not check.filled:
             log.debug("order %s was %s without a fill", cl_ord_id, status)
             del self.fill_checks[cl_ord_id]
 
     def _settle_fill_checks(self, position_sent_at: float) -> None:
         """A side whose order may have filled waits for a position read sent after the order
-        was found gone. If that read shows no position on the side, the order did not fill (its
-        status says so), or its fill has already shown (and was closed), or nothing showed for
-        FILL_CHECK_MAX_S: the side may quote again."""
+        was found gone. If that read shows no position on the side, the side may quote again
+        once the order's status says it did not fill, or its fill has shown in the position
+        (and was closed), or, its status unknown, nothing showed for FILL_CHECK_MAX_S. A fill
+        the status confirms is waited for until it shows (FILL_SHOWS_MAX_S at the most)."""
         now = self.clock.monotonic()
+        if self.position == 0 and self._unshown_fills_offset(position_sent_at):
+            return
         for cl_ord_id, check in list(self.fill_checks.items()):
             if position_sent_at <= check.since or self.side_blocked_by_position(check.side):
                 continue
             fill_showed = self.position_grown_at[check.side] >= check.sent_at
-            if check.filled is False or fill_showed or now - check.since >= FILL_CHECK_MAX_S:
-                if check.filled and not fill_showed:
-                    log.warning("order %s filled but the position never showed it within %.0f s: "
-                                "quoting that side again", cl_ord_id, FILL_CHECK_MAX_S)
-                del self.fill_checks[cl_ord_id]
+            waited_s = now - check.since
+            if check.filled and not fill_showed and waited_s >= FILL_SHOWS_MAX_S:
+                log.error("order %s filled but the position has not shown it for %.0f s: quoting "
+                          "that side again; check the position on the exchange", cl_ord_id, waited_s)
+                self.alerter.send("fill", f"order {cl_ord_id} filled but the position never showed it")
+            elif not (check.filled is False or fill_showed
+                      or check.filled is None and waited_s >= FILL_CHECK_MAX_S):
+                continue
+            del self.fill_checks[cl_ord_id]
 
-    def _may_have_filled(self, order: OurOrder, filled: bool | None = None) -> None:
+
+    def _unshown_fills_offset(self, position_sent_at: float) -> bool:
+        """Fills the position never showed, on both sides, that cancel out (a buy and a sell
+        filled while we were not looking) leave a flat position that is right: settle them."""
+        unshown = [c for c in self.fill_checks.values()
+                   if c.filled and position_sent_at > c.since and self.position_grown_at[c.side] < c.sent_at]
+        net = sum((c.qty if c.side == BUY else -c.qty for c in unshown), Decimal(0))
+        if not unshown or net != 0 or len({c.side for c in unshown}) < 2:
+            return False
+        for check in unshown:
+            del self.fill_checks[check.cl_ord_id]
+        self._settle_fill_checks(position_sent_at)
+        return True
+
+    def _may_have_filled(self, order: OurOrder) -> None:
+        """An order gone without its status yet: its side waits for a fill check."""
         self.fill_checks[order.cl_ord_id] = FillCheck(order.cl_ord_id, order.side, order.sent_at,
-                                                      self.clock.monotonic(), filled)
+                                                      self.clock.monotonic())
+
+    def _check_for_fill(self, cl_ord_id: str, side: str, sent_at: float, status: str,
+                        fill_qty: Decimal | None) -> None:
+        """An order the exchange shows over: one that filled, even in part, starts a fill
+        check that waits for the position to show it."""
+        if fill_qty or status == "filled":
+            self.fill_checks[cl_ord_id] = FillCheck(cl_ord_id, side, sent_at, self.clock.monotonic(),
+                                                    True, fill_qty or Decimal(0))
 
     # -- reads (None = unknown) --
 
@@ -885,12 +955,9 @@ class MarketMaker:
         if value is None and isinstance(snapshot, dict):
             value = snapshot.get("equity")
         try:
-            balance = Decimal(str(value))
-        except InvalidOperation:
-            balance = Decimal("NaN")
-        if not balance.is_finite():
-            raise StandXError("balance answer malformed", 200)
-        return balance
+            return wire_decimal(value)
+        except ValueError:
+            raise StandXError("balance answer malformed", 200) from None
 
     # -- our orders --
 
@@ -902,41 +969,61 @@ class MarketMaker:
         never seen stays tracked, however late it shows up, and is looked up."""
         now = self.last_audit_at = self.clock.monotonic()
         visible = {o["cl_ord_id"]: o for o in open_orders if is_our_order(o)}
+        self.orders = self._still_open(visible, now, give_up=True)
+        for order in self.orders:
+            if order.cancelling and now - order.cancel_sent_at >= CANCEL_RETRY_S:
+                self._cancel_orders([order])
+        self._note_strays(visible, now)
+        if self._cancel_ids(list(self.strays)):
+            log.info("cancelled stray order(s) of ours: %s", ", ".join(self.strays))
+
+    def _still_open(self, visible: Mapping[str, Any], now: float, give_up: bool) -> list[OurOrder]:
+        """Our tracked orders not confirmed gone. One seen before and absent now is gone, and
+        may have filled (a fill check holds its side); one never seen is looked up."""
         kept: list[OurOrder] = []
         for order in self.orders:
             if order.cl_ord_id in visible:
                 order.seen = True
                 kept.append(order)
-                if order.cancelling and now - order.cancel_sent_at >= CANCEL_RETRY_S:
-                    self._cancel_orders([order])
             elif order.seen:
                 log.info("%s order %s at %s is gone (%s)", order.side, order.cl_ord_id, order.price,
                          "cancelled, unless it filled first" if order.cancelling else "filled or cancelled")
                 self._may_have_filled(order)
-            elif self._unseen_order_still_pending(order, now):
+            elif self._unseen_order_still_pending(order, now, give_up):
                 kept.append(order)
-        self.orders = kept
+        return kept
+
+    def _note_strays(self, visible: Mapping[str, Any], now: float) -> None:
+        """Orders of ours the exchange shows that we do not track. One that vanishes may have
+        filled like any other; a given-up order that shows up is a stray from then on."""
         tracked = {o.cl_ord_id for o in self.orders}
-        self.strays = {cid: str(row.get("side")) for cid, row in visible.items() if cid not in tracked}
-        if self._cancel_ids(list(self.strays)):
-            log.info("cancelled stray order(s) of ours: %s", ", ".join(self.strays))
+        strays = {cid: str(row.get("side")) for cid, row in visible.items() if cid not in tracked}
+        for cid, side in self.strays.items():
+            if cid not in strays:
+                self.fill_checks[cid] = FillCheck(cid, side, now, now)
+        self.strays = strays
+        self.given_up = {cid: (side, t) for cid, (side, t) in self.given_up.items()
+                         if cid not in visible and now - t < GIVEN_UP_FORGET_S}
         self.stray_cancels = {cid: t for cid, t in self.stray_cancels.items() if cid in visible}
 
     def _unseen_order_still_pending(self, order: OurOrder, now: float, give_up: bool = True) -> bool:
         """An order not yet visible: looked up after LOOKUP_AFTER_S, so that a rejection in
-        matching is known at once. True while it may still appear: until UNSEEN_GIVE_UP_S, or
-        without `give_up` (a stop must not call itself clean over an order it cannot rule out)
-        until the exchange says what became of it."""
+        matching is known at once. True while it may still appear: an accepted one until the
+        exchange says what became of it; one whose request got no clear answer until
+        UNSEEN_GIVE_UP_S, or without `give_up` (a stop must not call itself clean over an order
+        it cannot rule out) until the exchange says."""
         if now - order.sent_at < LOOKUP_AFTER_S:
             return True
         status, fill_qty = self._look_up(order.cl_ord_id)
         if status is None:
-            if now - order.sent_at < UNSEEN_GIVE_UP_S or not give_up:
+            # An accepted order exists: it shows up or is rejected, however long it takes.
+            if not order.outcome_unknown or now - order.sent_at < UNSEEN_GIVE_UP_S or not give_up:
                 return True
             # The exchange has not heard of it for this long: the request never arrived. Should
             # it still appear, it is ours by its prefix, so the audit cancels it as a stray.
             log.warning("%s order %s at %s never became visible in %.0f s: no longer waiting for it",
                         order.side, order.cl_ord_id, order.price, UNSEEN_GIVE_UP_S)
+            self.given_up[order.cl_ord_id] = (order.side, now)
             return False
         if status not in FINAL_STATUSES:
             order.seen = True  # live after all: it shows in the next list
@@ -944,8 +1031,7 @@ class MarketMaker:
         if not order.cancelling:
             log.info("%s order %s at %s was %s by the exchange", order.side, order.cl_ord_id,
                      order.price, status)
-        if fill_qty or status == "filled":
-            self._may_have_filled(order, filled=True)
+        self._check_for_fill(order.cl_ord_id, order.side, order.sent_at, status, fill_qty)
         return False
 
     def _active(self, side: str) -> list[OurOrder]:
@@ -956,15 +1042,17 @@ class MarketMaker:
         return (sum(o.side == side for o in self.orders)
                 + sum(stray_side == side for stray_side in self.strays.values()))
 
-    def side_may_get_new_order(self, side: str) -> bool:
-        """The one rule for sending a quote: not stopping, not the side that grows a position,
-        no order there that may have filled unsettled, no order there whose cancel the exchange
-        has not accepted (both could fill), and fewer than MAX_ORDERS_PER_SIDE of ours there
-        (the resting one and its replacement) whatever has failed."""
+    def side_may_quote(self, side: str) -> bool:
+        """Not stopping, not the side that grows a position, and no order there that may have
+        filled without the position settling it yet."""
         return (not self.stop_requested and not self.side_blocked_by_position(side)
-                and not any(c.side == side for c in self.fill_checks.values())
-                and not any(o.side == side and o.cancelling and not o.cancel_accepted for o in self.orders)
-                and self.orders_on_side(side) < MAX_ORDERS_PER_SIDE)
+                and not any(c.side == side for c in self.fill_checks.values()))
+
+    def side_may_get_new_order(self, side: str) -> bool:
+        """The one rule for sending a quote, whatever has failed before: the side may quote,
+        and no order of ours there could still fill (resting, on its way, being cancelled, or
+        a stray): two such orders could fill together and double the position."""
+        return self.side_may_quote(side) and self.orders_on_side(side) == 0
 
     def side_needs_requote(self, side: str, mark: Decimal) -> bool:
         """A side needs a new quote when it has none, or its resting one left the band.
@@ -989,49 +1077,59 @@ class MarketMaker:
         if age_s > PRICE_MAX_AGE_S:
             log.info("price read is %.1f s old: no quote decision on it", age_s)
             return
-        quotable = [s for s in SIDES if self.side_may_get_new_order(s)]
-        if not any(self.side_needs_requote(s, market.mark) for s in quotable):
+        sides = [s for s in SIDES if self.side_may_quote(s) and self.side_needs_requote(s, market.mark)]
+        if not sides:
             return
         if self.config.requote_mode == "cancel_first":
             self._requote_cancel_first(market)
         else:
-            self._replace(self.sides_to_recentre(quotable, market), market)
-
-    def sides_to_recentre(self, quotable: list[str], market: Market) -> list[str]:
-        """When one side must move, re-centre every side we can: a side left half-stale is the
-        next to drift out. A side with an order still in flight is left alone (at most one in
-        flight per side), and so is one already at the new price."""
-        sides = []
-        for side in quotable:
-            active = self._active(side)
-            if any(not o.seen for o in active):
-                continue
-            price = self._price_for(side, market)
-            if active and all(o.price == price and not o.stale for o in active):
-                continue
-            sides.append(side)
-        return sides
+            # Only the sides that need it: a requote leaves its side bare for a moment (the old
+            # quote must be seen over before the new one goes out), so a side still in its band
+            # keeps its quote.
+            self._replace(sides, market)
 
     def _replace(self, sides: list[str], market: Market) -> None:
-        """Cancel the old quotes, and once the exchange has accepted that cancel, place the new
-        ones. The old order rests until the cancel takes effect, so the side stays covered
-        nearly throughout; and a new order never joins an old one we could not cancel, which
-        could fill with it and double the position."""
+        """Cancel the old quotes, and place the new ones as soon as the exchange shows the old
+        ones over without a fill: an old quote that could still fill (its cancel failed, is
+        slow, or it filled just before the cancel) never rests beside its replacement, so the
+        position can never grow past one quote. The old order rests until the cancel takes
+        effect, so the side stays covered for most of the requote."""
         old = [o for side in sides for o in self._active(side)]
         if old:
             self.requotes += 1
             if not self._cancel_orders(old):
                 return  # the old quotes stay; their cancel is retried, then they are replaced
+            self._confirm_gone(old)
         self.place_quotes([(side, self._price_for(side, market)) for side in sides])
+
+    def _confirm_gone(self, cancelled: list[OurOrder]) -> None:
+        """Look the cancelled orders up until the exchange shows each one over, for at most
+        CANCEL_CONFIRM_S: an order over without a fill stops being tracked (its side is free),
+        one with a fill starts a fill check. One still live after that is left to the loop."""
+        ends_at = self.clock.monotonic() + CANCEL_CONFIRM_S
+        pending = list(cancelled)
+        while pending and not self.stop_requested:
+            answers = self.clock.gather([partial(self._look_up, o.cl_ord_id) for o in pending])
+            for order, (status, fill_qty) in zip(list(pending), answers):
+                if status in FINAL_STATUSES:
+                    pending.remove(order)
+                    self.orders.remove(order)
+                    self._check_for_fill(order.cl_ord_id, order.side, order.sent_at, status, fill_qty)
+            if not pending or self.clock.monotonic() >= ends_at:
+                return
+            self.clock.sleep(CANCEL_POLL_S)
 
     def _requote_cancel_first(self, market: Market) -> None:
         """The original strategy: cancel everything, wait, place both sides afresh (priced from
-        a fresh read: the market and the position may have moved during the pause)."""
-        self._cancel_orders([o for o in self.orders if not o.cancelling])
+        a fresh read: the market and the position may have moved during the pause). As with
+        replace, a side gets its new quote only once its old one is seen over."""
+        old = [o for o in self.orders if not o.cancelling]
+        self._cancel_orders(old)
         self.requotes += 1
         sleep_until(self.clock, self.clock.monotonic() + CANCEL_FIRST_PAUSE_S, lambda: self.stop_requested)
         if self.stop_requested:
             return
+        self._confirm_gone(old)
         sent_at = self.clock.monotonic()
         position, fresh = self.clock.gather([self._read_position, self._read_market])
         if position is None or fresh is None:
@@ -1072,6 +1170,7 @@ class MarketMaker:
             order.sent_at = self.clock.monotonic()
         for order, error in zip(orders, errors):
             if isinstance(error, UnknownOutcomeError):
+                order.outcome_unknown = True
                 log.warning("%s order %s outcome unknown (%s): not re-sending, looking for it",
                             order.side, order.cl_ord_id, error)
             elif error is not None:
@@ -1111,10 +1210,7 @@ class MarketMaker:
         now = self.clock.monotonic()
         for order in orders:
             order.cancel_sent_at = now
-        accepted = self._send_cancel([o.cl_ord_id for o in orders])
-        for order in orders:
-            order.cancel_accepted = order.cancel_accepted or accepted
-        return accepted
+        return self._send_cancel([o.cl_ord_id for o in orders])
 
     def _send_cancel(self, cl_ord_ids: list[str]) -> bool:
         """The cancel_orders request alone; True if the exchange accepted it."""
@@ -1160,25 +1256,23 @@ class MarketMaker:
         self.request_stop()
         # The stop gets its own budget, whatever the interrupted loop used of the grace period.
         deadline = self.auth.deadline = self.stop_requested_at + STOP_DEADLINE_S
-        self._cancel_ids([o.cl_ord_id for o in self.orders])
+        self._cancel_ids([o.cl_ord_id for o in self.orders] + list(self.given_up))
         clean = False
         while self.clock.monotonic() < deadline:
             self.clock.sleep(STOP_POLL_S)
             try:
-                ours = [o["cl_ord_id"] for o in self._read_open_orders_or_raise() if is_our_order(o)]
+                visible = {o["cl_ord_id"]: o for o in self._read_open_orders_or_raise() if is_our_order(o)}
             except StandXError as exc:
                 log.warning("open orders read failed while stopping (%s)", exc)
                 continue
             now = self.clock.monotonic()
-            self.orders = [o for o in self.orders
-                           if o.cl_ord_id in ours
-                           or not o.seen and self._unseen_order_still_pending(o, now, give_up=False)]
-            for order in self.orders:
-                order.seen = order.seen or order.cl_ord_id in ours
-            if not ours and not self.orders:
+            self.orders = self._still_open(visible, now, give_up=False)
+            self._note_strays(visible, now)
+            self._resolve_given_up()
+            if not visible and not self.orders and not self.given_up:
                 clean = True
                 break
-            self._cancel_ids(ours)
+            self._cancel_ids(list(visible))
         flat = self._flatten_before_exit(deadline)
         self.write_state()
         if clean and flat:
@@ -1191,14 +1285,32 @@ class MarketMaker:
         self.alerter.send("stop", f"stopped ({self.stop_reason}): {outcome}")
         return clean and flat
 
+    def _resolve_given_up(self) -> None:
+        """While stopping: a given-up order the exchange now shows over is settled (a fill of
+        it is checked like any other); one it still does not know keeps the stop unconfirmed."""
+        for cid, (side, given_up_at) in list(self.given_up.items()):
+            status, fill_qty = self._look_up(cid)
+            if status in FINAL_STATUSES:
+                del self.given_up[cid]
+                self._check_for_fill(cid, side, given_up_at, status, fill_qty)
+
     def _flatten_before_exit(self, deadline: float) -> bool:
-        """Close any position left (a fill can land while cancels are in flight) and confirm."""
+        """Close any position left (a fill can land while cancels are in flight) and confirm it
+        flat by a position read that also settles every order that may have filled: a position
+        answer that lags a fill must not pass for flat."""
         while self.clock.monotonic() < deadline:
-            position = self._read_position()
-            if position == 0:
-                return True
+            sent_at = self.clock.monotonic()
+            unsettled = [cid for cid, check in self.fill_checks.items() if check.filled is None]
+            found = self.clock.gather([self._read_position] + [partial(self._look_up, cid) for cid in unsettled])
+            for cid, (status, fill_qty) in zip(unsettled, found[1:]):
+                self._note_fill_status(cid, status, fill_qty)
+            position = found[0]
             if position is not None:
-                self.close_position(position)
+                self._note_position(position, sent_at)
+                if position != 0:
+                    self.close_position(position)
+                elif not self.fill_checks:
+                    return True
             self.clock.sleep(STOP_POLL_S)
         return False
 
@@ -1396,7 +1508,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.status:
         setup_logging("CRITICAL")  # the one line below says what failed
         return show_status(config)
-    setup_logging(config.log_level, args.log_file)
+    try:
+        setup_logging(config.log_level, args.log_file)
+    except OSError as exc:
+        print(f"configuration error: --log-file: cannot write {args.log_file} ({exc.strerror})", file=sys.stderr)
+        return EXIT_CONFIG
     if args.simulate:
         return simulate(config, args)
     auth = StandXAuth(config.private_key, auth_base_url=config.auth_base_url,
@@ -1478,11 +1594,14 @@ def arm_hard_stop() -> None:
     """Last resort of a stop: end the process HARD_STOP_S after the signal even if a request
     hangs past its timeouts (the next start cancels any order of ours left behind)."""
     def hard_exit() -> None:
-        log.critical("stop took longer than %.1f s: exiting now; orders of ours may be left "
-                     "(the next start cancels them)", HARD_STOP_S)
-        logging.shutdown()
+        # The log line goes out from its own thread: a logging lock held by a thread stuck
+        # writing (a full pipe) must not keep the process alive.
+        threading.Thread(target=log.critical, daemon=True, args=(
+            "stop took longer than %.1f s: exiting now; orders of ours may be left (the next "
+            "start cancels them)", HARD_STOP_S)).start()
+        time.sleep(HARD_EXIT_LOG_S)
         os._exit(EXIT_ERROR)
-    timer = threading.Timer(HARD_STOP_S, hard_exit)
+    timer = threading.Timer(HARD_STOP_S - HARD_EXIT_LOG_S, hard_exit)
     timer.daemon = True
     timer.start()
 

@@ -279,11 +279,11 @@ def server_time_bounds(response: requests.Response, sent_wall: float,
     """The range of (exchange time - our wall time) that the answer's Date header allows: the
     exchange stamped it, to the second, between our sending and our receiving. None without
     a usable Date header."""
-    header = response.headers.get("Date")
-    if not header:
+    parsed = email.utils.parsedate_tz(response.headers.get("Date") or "")
+    if parsed is None or received_wall < sent_wall:  # no Date, or our clock stepped meanwhile
         return None
     try:
-        stamped = email.utils.parsedate_to_datetime(header).timestamp()
+        stamped = float(email.utils.mktime_tz(parsed))  # a zone missing or -0000 counts as UTC
     except (TypeError, ValueError, OverflowError):
         return None
     return stamped - received_wall, stamped + 1.0 - sent_wall
@@ -452,8 +452,12 @@ class StandXAuth:
         self._renewing = False
         self._next_renewal_at = 0.0
         self._signing_key: SigningKey | None = None
-        # Exchange time minus our wall time, followed on every answer's Date header.
+        # Exchange time minus our wall time, as every answer's Date header measures it, and the
+        # offset requests are stamped with: that one, unless the exchange refused it (a proxy's
+        # Date can be off while the exchange's own clock is right): then our own clock.
+        self.measured_offset_s = 0.0
         self.time_offset_s = 0.0
+        self._date_distrusted = False
         # Set when stopping (monotonic): every request ends by then; logins ignore the backoff.
         self.deadline: float | None = None
         self.backoff_until = 0.0
@@ -616,14 +620,14 @@ class StandXAuth:
 
     # ---- signing -----------------------------------------------------------------------
 
-    def _body_signature_headers(self, payload_str: str,
-                                signing_key: SigningKey | None = None) -> dict[str, str]:
+    def _body_signature_headers(self, payload_str: str, signing_key: SigningKey | None,
+                                offset_s: float) -> dict[str, str]:
         """Fresh id and timestamp for every call, signed with the key bound to our token; the
-        timestamp is our wall clock corrected to the exchange's."""
+        timestamp is our wall clock corrected by `offset_s` to the exchange's."""
         signing_key = signing_key or self._signing_key
         if signing_key is None:
             raise AuthError("not logged in: no request signing key yet")
-        timestamp_ms = int((self.clock.wall() + self.time_offset_s) * 1000)
+        timestamp_ms = int((self.clock.wall() + offset_s) * 1000)
         return sign_request(signing_key, str(uuid.uuid4()), timestamp_ms, payload_str)
 
     # ---- calls -------------------------------------------------------------------------
@@ -659,14 +663,19 @@ class StandXAuth:
         token, signing_key = credentials or (None, None)
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        stamped_offset_s = self.time_offset_s
         if method == "POST":
             # Serialize once and send exactly the signed string: any re-encoding breaks the signature.
             body = raw_body if raw_body is not None else json.dumps(data or {}, separators=(",", ":"))
             headers["Content-Type"] = "application/json"
-            headers.update(self._body_signature_headers(body, signing_key))
+            headers.update(self._body_signature_headers(body, signing_key, stamped_offset_s))
         response = self._send(method, self.perps_base_url + endpoint, params=params, data=body,
                               headers=headers, is_write=method == "POST")
-        return self._decode(response, is_write=method == "POST")
+        try:
+            return self._decode(response, is_write=method == "POST")
+        except SignatureExpiredError:
+            self._refused_as_expired(stamped_offset_s)
+            raise
 
     def _decode(self, response: requests.Response, is_write: bool) -> Any:
         status = response.status_code
@@ -677,9 +686,6 @@ class StandXAuth:
             if isinstance(error, RateLimitError):
                 self.backoff_until = max(self.backoff_until,
                                          self.clock.monotonic() + error.retry_after_s)
-            if isinstance(error, SignatureExpiredError):
-                log.error("request signature expired (our clock %+.1f s from the exchange's "
-                          "as last measured); %s", -self.time_offset_s, CLOCK_HINT)
             raise error
         try:
             body = self._json_body(response)
@@ -711,14 +717,30 @@ class StandXAuth:
         if bounds is None or bounds[1] - bounds[0] > MAX_CLOCK_SAMPLE_S:
             return  # no Date, or a round trip too slow to say anything precise
         with self._lock:
-            before = self.time_offset_s
-            self.time_offset_s = after = next_time_offset(before, *bounds)
+            self.measured_offset_s = next_time_offset(self.measured_offset_s, *bounds)
+            if self._date_distrusted:
+                return
+            before, self.time_offset_s = self.time_offset_s, self.measured_offset_s
+            after = self.time_offset_s
         if abs(after - before) >= CLOCK_AGREEMENT_S:
             if after == 0.0:
                 log.warning("our clock agrees with the exchange's again: signing with it as is")
             else:
                 log.error("exchange clock differs from ours by %.1f s: signing with that offset; %s",
                           after, CLOCK_HINT)
+
+    def _refused_as_expired(self, stamped_offset_s: float) -> None:
+        """A signature refused as expired: the clock it was stamped with is not the exchange's.
+        Two candidates are left, the Date headers' and our own: a request refused on the Date
+        headers' clock makes the next ones use our own, and one refused on our own clock the
+        Date headers' again, so a proxy's wrong Date cannot lock every write out."""
+        with self._lock:
+            dated = stamped_offset_s != 0.0 and abs(stamped_offset_s - self.measured_offset_s) < CLOCK_AGREEMENT_S
+            self._date_distrusted = dated
+            self.time_offset_s = 0.0 if dated else self.measured_offset_s
+            source = ("our own clock (the exchange refused the Date headers' clock)" if dated
+                      else f"the Date headers' clock ({self.measured_offset_s:+.1f} s from ours)")
+        log.error("request signature expired: stamping with %s; %s", source, CLOCK_HINT)
 
     def _send(self, method: str, url: str, *, params: dict[str, Any] | None, data: str | None,
               headers: dict[str, str], is_write: bool) -> requests.Response:

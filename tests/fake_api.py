@@ -8,7 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from standx_auth import StandXError
+from standx_auth import StandXError, UnknownOutcomeError
 from tests.exchange_fakes import FakeClock
 
 
@@ -37,6 +37,7 @@ class FakeApi:
         self.open: list[dict[str, Any]] = []
         self.final: dict[str, str] = {}  # cl_ord_id -> final status, for query_order
         self.filled: dict[str, str] = {}  # cl_ord_id -> fill_qty of a filled order
+        self.lost_sides: set[str] = set()  # new orders on these sides never arrive (no answer)
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.failures: dict[str, Exception] = {}
         self.next_id = 1
@@ -105,6 +106,8 @@ class FakeApi:
                         **_: Any) -> dict[str, Any]:
         self._record("new_limit_order", symbol=symbol, side=side, qty=qty, price=price,
                      time_in_force=time_in_force, reduce_only=reduce_only, cl_ord_id=cl_ord_id)
+        if side in self.lost_sides:
+            raise UnknownOutcomeError("ConnectionError: the order request may have been applied")
         self.add_open(cl_ord_id, side, str(price), symbol)
         return {"code": 0, "message": "success"}
 

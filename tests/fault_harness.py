@@ -18,6 +18,7 @@ import market_maker as mm
 import standx_auth
 from standx_auth import StandXAuth
 from standx_sim import Simulator, SyntheticMarket, VirtualClock
+from standx_sim.exchange import PENDING, RESTING
 from standx_sim.simulate import throwaway_key
 from standx_sim.transport import InProcessAdapter
 from standx_sim.wire import decompress
@@ -82,6 +83,11 @@ class Run:
 
     def our_resting(self) -> list:
         return self.sim.exchange.open_orders(self.address)
+
+    def our_working_sides(self) -> list[str]:
+        """The sides of our orders resting or accepted and about to rest (mid-requote)."""
+        orders = self.sim.exchange.account(self.address).orders.values()
+        return sorted({o.side for o in orders if o.status in (*RESTING, PENDING) and o.order_type == "limit"})
 
     def our_resting_buy(self):
         return next(o for o in self.our_resting() if o.side == "buy")
@@ -196,7 +202,7 @@ def _instrument(run: Run, actions: list[tuple[float, Action]]) -> None:
         requote(market)
 
     def snapshot_then_shutdown():
-        run.sides_before_stop = sorted(o.side for o in run.our_resting())
+        run.sides_before_stop = run.our_working_sides()
         return shutdown()
 
     def timed_request_stop(reason="stop requested"):

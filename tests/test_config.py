@@ -270,3 +270,11 @@ def test_output_into_a_pipe_that_closes_early_prints_no_traceback(tmp_path):
         result = subprocess.run(command, shell=True, cwd=tmp_path, env=clean_env(WALLET_PRIVATE_KEY=KEY),
                                 capture_output=True, text=True, timeout=60)
         assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+@pytest.mark.parametrize("path", ["no/such/dir/x.log", "."])
+def test_a_log_file_that_cannot_be_written_is_one_line_exit_2(tmp_path, path):
+    result = run_cli(tmp_path, "--log-file", path, WALLET_PRIVATE_KEY=KEY)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"configuration error: --log-file: cannot write {path} (")
+    assert "Traceback" not in result.stderr + result.stdout

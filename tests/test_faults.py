@@ -55,7 +55,9 @@ def both(*checks):
 
 def keeps_quoting_through_failed_reads(run: Run) -> None:
     assert run.failed_read_loops  # the fault did bite
-    assert run.metrics()["two_sided_uptime"] > 0.9
+    # This market requotes every few seconds (each leaves its side bare while the old quote is
+    # confirmed gone): about 85% without faults; a stall on failed reads would fall far below.
+    assert run.metrics()["two_sided_uptime"] > 0.75
     two_sided_at_the_end(run)
 
 

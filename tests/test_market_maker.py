@@ -203,13 +203,13 @@ def test_in_band_quotes_are_left_alone(maker, exchange):
     assert exchange.calls_of("cancel_orders") == []
 
 
-def test_one_side_leaving_the_band_recentres_both(maker, exchange):
+def test_only_the_side_that_left_the_band_is_requoted(maker, exchange):
     maker.run_once()
     step(maker)
     exchange.prices["mark_price"] = "100.006"  # sell now 6.9 bps away (too close); buy 8.1, in band
     step(maker)
-    assert sorted(c["side"] for c in placed(exchange)[2:]) == ["buy", "sell"]
-    assert {o["price"] for o in exchange.ours()} == {"99.930", "100.082"}
+    assert [c["side"] for c in placed(exchange)[2:]] == ["sell"]
+    assert {o["price"] for o in exchange.ours()} == {"99.925", "100.082"}
 
 
 def test_reads_overlap_in_one_round_trip_and_quotes_follow_them(maker, exchange, monkeypatch):
@@ -298,13 +298,13 @@ def calls_after_last(exchange: FakeApi, name: str) -> list[str]:
     return names[len(names) - names[::-1].index(name):]
 
 
-def test_price_move_out_of_band_cancels_the_old_quotes_then_places_new_ones(maker, exchange):
+def test_price_move_out_of_band_places_new_quotes_once_the_old_are_seen_cancelled(maker, exchange):
     maker.run_once()
     old = {o["side"]: o["cl_ord_id"] for o in exchange.ours()}
     exchange.prices["mark_price"] = "100.05"  # buy now 12.5 bps away, sell 2.5 bps
     step(maker)
     assert calls_after_last(exchange, "query_symbol_price") == \
-        ["cancel_orders", "new_limit_order", "new_limit_order"]
+        ["cancel_orders", "query_order", "query_order", "new_limit_order", "new_limit_order"]
     assert set(exchange.calls_of("cancel_orders")[-1]["cl_ord_ids"]) == set(old.values())
     # 100.05 -/+ 7.5 bps = 99.97496 / 100.12504, rounded away from the mark.
     assert {o["price"] for o in exchange.ours()} == {"99.974", "100.126"}
@@ -320,7 +320,8 @@ def test_no_replacement_joins_a_quote_whose_cancel_failed(maker, exchange):
     assert len(placed(exchange)) == 2  # the old quotes stay, alone, while they cannot be cancelled
     exchange.heal("cancel_orders")
     step(maker, mm.CANCEL_RETRY_S)  # the cancel is retried and accepted...
-    step(maker)  # ...and the side is requoted
+    step(maker)  # ...the old quotes are seen gone; their status says they did not fill...
+    step(maker)  # ...and both sides are quoted again
     assert len(exchange.ours()) == 2 and len(placed(exchange)) == 4
     assert {o["price"] for o in exchange.ours()} == {"99.974", "100.126"}
 
@@ -336,14 +337,27 @@ def test_side_with_order_in_flight_is_not_quoted_again(maker, exchange):
     assert len(placed(exchange)) == 2
 
 
-def test_order_never_seen_gets_no_duplicate_until_the_exchange_is_known_not_to_have_it(maker, exchange):
+def test_order_with_no_answer_gets_no_duplicate_until_it_is_given_up(maker, exchange):
+    exchange.lost_sides = {"sell"}  # the sell request never arrives, and gets no answer
     maker.run_once()
-    exchange.open = [o for o in exchange.open if o["side"] == "buy"]  # the sell never shows up
+    exchange.lost_sides = set()
     while maker.clock.now() < START + mm.UNSEEN_GIVE_UP_S - 1:
         step(maker)
         assert [c["side"] for c in placed(exchange)] == ["buy", "sell"]
     step(maker, 1.5)
     assert [c["side"] for c in placed(exchange)] == ["buy", "sell", "sell"]
+
+
+def test_an_accepted_order_is_waited_for_however_late_it_shows(maker, exchange):
+    maker.run_once()
+    late = [o for o in exchange.open if o["side"] == "sell"][0]
+    exchange.open.remove(late)  # accepted, but matching lags
+    for _ in range(60):  # 30 s
+        step(maker)
+    assert [c["side"] for c in placed(exchange)] == ["buy", "sell"]
+    exchange.open.append(late)
+    step(maker)
+    assert maker.quoting_both_sides()
 
 
 def test_order_that_becomes_visible_after_several_seconds_is_kept_not_doubled(maker, exchange):
@@ -377,12 +391,13 @@ def test_order_not_visible_yet_is_not_looked_up_before_a_second(maker, exchange)
 
 
 def test_order_given_up_that_shows_up_later_is_cancelled_as_a_stray(maker, exchange):
+    exchange.lost_sides = {"sell"}
     maker.run_once()
-    lost = [o for o in exchange.open if o["side"] == "sell"][0]
-    exchange.open.remove(lost)
+    exchange.lost_sides = set()
+    lost = placed(exchange)[-1]
     step(maker, mm.UNSEEN_GIVE_UP_S + 0.1)
     step(maker)  # the sell side is quoted again
-    exchange.open.append(lost)
+    exchange.add_open(lost["cl_ord_id"], "sell", str(lost["price"]))  # the lost request arrives after all
     step(maker, mm.AUDIT_EVERY_S)
     assert lost["cl_ord_id"] in exchange.calls_of("cancel_orders")[-1]["cl_ord_ids"]
     assert len(exchange.ours("sell")) == 1
@@ -396,8 +411,8 @@ def test_cancel_first_mode_cancels_waits_one_second_then_places_both(exchange):
     started = maker.clock.now()
     maker.run_once()
     # After the pause, the position and the price are read again before placing.
-    assert exchange.names()[-5:] == ["cancel_orders", "query_positions", "query_symbol_price",
-                                     "new_limit_order", "new_limit_order"]
+    assert exchange.names()[-7:] == ["cancel_orders", "query_order", "query_order", "query_positions",
+                                     "query_symbol_price", "new_limit_order", "new_limit_order"]
     assert maker.clock.now() - started >= mm.CANCEL_FIRST_PAUSE_S
 
 
@@ -563,7 +578,7 @@ def test_qty_below_the_exchange_minimum_is_a_config_error(exchange):
 @pytest.mark.parametrize("limits, qty, problem", [
     ({"max_order_qty": "0.001"}, "0.005", "above the exchange's largest order 0.001"),
     ({"max_position_size": "0.004"}, "0.005", "above the exchange's largest position 0.004"),
-    ({"max_open_orders": "3"}, "0.005", "allows only 3 open orders"),
+    ({"max_open_orders": "2"}, "0.005", "allows only 2 open orders"),
     ({"enabled": False}, "0.005", "not trading"),
     ({"status": "halted"}, "0.005", "not trading"),
 ])
@@ -792,6 +807,7 @@ def test_quotes_being_replaced_still_count_as_resting_until_seen_gone(maker, exc
     step(maker)  # both quotes seen
     assert maker.quoting_both_sides()
     exchange.prices["mark_price"] = "100.006"  # the sell drifts to 6.9 bps: both are re-centred
+    exchange.fail("query_order")  # the exchange does not show the cancels done yet
     step(maker)
     assert maker.requotes == 1
     assert maker.quoting_both_sides()  # the old pair rests, within 10 bps, until the cancels land

@@ -9,6 +9,7 @@ order of ours may appear after the stop. Then each test checks what its defect n
 from __future__ import annotations
 
 from decimal import Decimal
+from email.utils import formatdate
 
 import pytest
 
@@ -270,5 +271,103 @@ def test_no_quote_is_priced_off_a_price_read_that_took_seconds(monkeypatch):
     slow, fresh = run.sent("/api/query_symbol_price", run.t(5))[:2]
     assert fresh.t - slow.t >= 3
     assert quotes(run, slow.t, fresh.t) == []  # nothing on the 3 s old price
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+# ---- found by the adversarial review of this work --------------------------------------------------
+
+def test_a_bid_filled_just_before_its_replacement_is_never_joined_by_a_second_bid(monkeypatch):
+    """A seller takes our bid and the price drops after the loop's position read was answered:
+    the bid looks too close, is 'replaced', and its cancel is accepted though it had filled."""
+    def fill_then_drop_during_the_price_read(run: Run) -> None:
+        handle, done = run.sim.handle, []
+
+        def handle_and_hit(method, path, query, headers, body):
+            if path == "/api/query_symbol_price" and not done and run.clock.now() >= run.t(8):
+                done.append(True)
+                sell_into_our_bid(run)
+                run.sim.exchange.shift_bps(-3)
+            return handle(method, path, query, headers, body)
+        run.sim.handle = handle_and_hit
+    run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch, setup=fill_then_drop_during_the_price_read,
+                     actions=[(8.5 + 0.1 * i, sell_into_our_bid) for i in range(10)])
+    assert run.metrics()["maker_fills"] == 1
+    finish(run)
+
+
+@pytest.mark.parametrize("lag_s", [1.0, 5.0])
+def test_a_fill_during_the_stop_is_closed_though_the_position_answer_lags(lag_s, monkeypatch):
+    def lag(run: Run) -> None:
+        run.sim.set_position_lag(lag_s)
+        run.position_lag_s = lag_s
+
+    def stop_and_fill(run: Run) -> None:
+        run.maker.request_stop("SIGTERM")
+        sell_into_our_bid(run)
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch, setup=lag, actions=[(10, stop_and_fill)])
+    assert closes(run, run.t(10))
+    finish(run)  # exit 0 only once flat, and flat it is
+
+
+def test_a_cancel_accepted_but_never_carried_out_gets_no_replacement_beside_it(monkeypatch):
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch, setup=lambda run: run.sim.faults.add(
+        "body", path="/api/cancel_orders", after_s=5, for_s=10, body={"code": 0, "message": "success"}),
+        actions=[(5, shift(3))] + [(6 + i, sell_into_our_bid) for i in range(8)])
+    assert run.max_abs_position <= QTY
+    assert max(run.metrics()["max_live_orders"].values()) == 1  # never the old and a new together
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+def test_an_accepted_order_that_shows_only_after_30_s_is_not_left_behind_by_the_stop(monkeypatch):
+    def slow_then_move(run: Run) -> None:
+        run.sim.set_visibility_delay(30)
+        run.sim.exchange.shift_bps(3)
+    run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch,
+                     actions=[(5, slow_then_move), (6, lambda run: run.sim.set_visibility_delay(0.2))])
+    assert run.code == mm.EXIT_ERROR and "could not confirm" in run.logs  # it cannot be ruled out
+    run.clock.sleep(20)
+    assert run.metrics()["orders_placed"] == len(run.sent("/api/new_order", until=run.t(21)))
+
+
+def test_a_known_fill_the_position_shows_20_s_late_keeps_its_side_waiting(monkeypatch):
+    def lag(run: Run) -> None:
+        run.sim.set_position_lag(20)
+        run.position_lag_s = 20
+    run = run_daemon(40, market=flat_market(), monkeypatch=monkeypatch, setup=lag,
+                     actions=[(6, sell_into_our_bid), (18, sell_into_our_bid)])
+    assert quotes(run, run.t(6.5), run.t(26), side="buy") == []
+    assert run.max_abs_position == QTY
+    finish(run)
+
+
+def test_a_proxy_stamping_a_wrong_date_does_not_lock_out_every_write(monkeypatch):
+    def wrong_date(run: Run) -> None:
+        handle = run.sim.handle
+
+        def handle_and_restamp(method, path, query, headers, body):
+            status, out_headers, out_body = handle(method, path, query, headers, body)
+            if run.clock.now() >= run.t(5):
+                out_headers = {**out_headers, "Date": formatdate(run.clock.now() + 120, usegmt=True)}
+            return status, out_headers, out_body
+        run.sim.handle = handle_and_restamp
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch, setup=wrong_date,
+                     actions=[(8, sell_into_our_bid)])
+    assert "stamping with our own clock" in run.logs
+    assert len([r for r in run.requests if r.status == 403]) <= 2
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/query_symbol_price", {"symbol": "BTC-USD", "mark_price": "1e999999", "spread_bid": None,
+                                 "spread_ask": None}),
+    ("/api/query_positions", [{"symbol": "BTC-USD", "qty": "1e999999", "side": "long"}]),
+])
+def test_an_absurd_number_in_an_answer_is_a_malformed_read_not_a_crash(path, body, monkeypatch):
+    run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch,
+                     setup=lambda run: run.sim.faults.add("body", path=path, after_s=5, count=1, body=body))
+    assert "malformed" in run.logs or "no usable mark" in run.logs
     two_sided_at_the_end(run)
     finish(run)

@@ -35,8 +35,9 @@ from eth_account import Account
 
 import standx_api as api
 from alerts import AlertConfig, AlertConfigError, Alerter, load_alert_config
-from standx_auth import (DEFAULT_AUTH_BASE_URL, DEFAULT_PERPS_BASE_URL, Clock, StandXAuth,
-                         StandXError, UnknownOutcomeError, normalize_private_key, sleep_until)
+from standx_auth import (DEFAULT_AUTH_BASE_URL, DEFAULT_PERPS_BASE_URL, AuthError, Clock,
+                         RateLimitError, SignatureExpiredError, StandXAuth, StandXError,
+                         UnknownOutcomeError, normalize_private_key, sleep_until)
 
 log = logging.getLogger("market_maker")
 
@@ -108,12 +109,19 @@ HARD_STOP_S = 14.5
 STOP_POLL_S = 0.3
 # The hard exit waits this long for its last log line, no longer.
 HARD_EXIT_LOG_S = 0.3
+# A quote refused for a reason that does not pass by itself (margin, size, a symbol no longer
+# trading) is tried again on its side after these pauses, the last one repeating; when every
+# quote has been refused for REFUSED_STOP_S, the daemon stops (exit 5) and says why.
+REFUSAL_BACKOFF_S = (5.0, 10.0, 20.0, 30.0)
+REFUSED_STOP_S = 300.0
+PASSING_REFUSALS = ("alo", "post only", "post-only", "cross")
 # This many loops in a row without a decision (failed reads) raise the "failures" alert.
 FAILED_LOOPS_ALERT = 20
 STARTUP_BACKOFF_MAX_S = 60.0
 # 0 clean stop; 1 the stop could not be confirmed; 2 bad configuration; 3 another instance
-# runs for this account and symbol; 4 stopped because the balance fell below the exit floor.
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_ALREADY_RUNNING, EXIT_BALANCE_FLOOR = 0, 1, 2, 3, 4
+# runs for this account and symbol; 4 stopped because the balance fell below the exit floor;
+# 5 stopped because the exchange refused every quote for REFUSED_STOP_S.
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_ALREADY_RUNNING, EXIT_BALANCE_FLOOR, EXIT_REFUSED = 0, 1, 2, 3, 4, 5
 DEFAULT_SIM_REPORT = os.path.join("logs", "simulate_report.json")
 
 NORMAL, DEGRADED_1, DEGRADED_2 = "normal", "degraded_1", "degraded_2"
@@ -361,6 +369,17 @@ def positive_decimal(value: Any) -> Decimal | None:
     return number if number > 0 else None
 
 
+def is_lasting_refusal(error: StandXError) -> bool:
+    """A refusal that sending again will not cure: a client error (4xx, or a 200 whose body
+    carries an error code), other than a token, clock or rate-limit problem, each handled
+    where it arises."""
+    if isinstance(error, (AuthError, SignatureExpiredError, RateLimitError, UnknownOutcomeError)):
+        return False
+    if any(word in error.message.lower() for word in PASSING_REFUSALS):
+        return False  # a post-only quote that would have crossed: the next price may not
+    return error.status is not None and (400 <= error.status < 500 or error.status == 200)
+
+
 def is_our_order(order: Mapping[str, Any]) -> bool:
     return str(order.get("cl_ord_id") or "").startswith(CL_ORD_ID_PREFIX)
 
@@ -381,6 +400,8 @@ class SymbolRules:
     max_position: Decimal | None = None  # largest position
     max_open_orders: int | None = None
     trading: bool = True
+    maker_fee: Decimal | None = None  # a fraction of the notional: 0.0001 = 1 bp
+    taker_fee: Decimal | None = None
 
 
 @dataclass
@@ -421,6 +442,32 @@ class FillCheck:
     since: float  # when it was found gone
     filled: bool | None = None  # from the order's own status, once looked up
     qty: Decimal = Decimal(0)  # how much filled, when the status says
+
+
+@dataclass
+class DayTotals:
+    """What the day's round trips cost or made (UTC day): fills of our quotes, fees paid on
+    them and on their closes, and the price difference between each fill and its close."""
+    day: str = ""
+    fills: int = 0
+    fees: Decimal = Decimal(0)
+    pnl: Decimal = Decimal(0)
+
+    @property
+    def net(self) -> Decimal:
+        return self.pnl - self.fees
+
+    def summary(self) -> str:
+        return f"day {self.day}: fills={self.fills} fees={self.fees:.4f} pnl={self.pnl:.4f} net={self.net:.4f}"
+
+
+def round_trip(qty: Decimal, entry: Decimal, exit_price: Decimal, rules: SymbolRules | None) -> tuple[Decimal, Decimal]:
+    """(price result, fees) of a position of signed `qty` opened by our quote at `entry` (maker)
+    and closed at `exit_price` (taker)."""
+    pnl = (exit_price - entry) * qty
+    maker = rules.maker_fee if rules and rules.maker_fee is not None else Decimal(0)
+    taker = rules.taker_fee if rules and rules.taker_fee is not None else Decimal(0)
+    return pnl, abs(qty) * (entry * maker + exit_price * taker)
 
 
 class UptimeTracker:
@@ -488,7 +535,9 @@ def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
                            max_open_orders=(int(row["max_open_orders"])
                                             if row.get("max_open_orders") is not None else None),
                            trading=row.get("enabled") is not False
-                           and str(row.get("status", "trading")).lower() == "trading")
+                           and str(row.get("status", "trading")).lower() == "trading",
+                           maker_fee=_optional_limit(row, "maker_fee"),
+                           taker_fee=_optional_limit(row, "taker_fee"))
     except (KeyError, TypeError, ValueError, InvalidOperation):
         raise StandXError(f"symbol info for {symbol} is malformed", 200) from None
 
@@ -569,6 +618,16 @@ class MarketMaker:
         self.given_up: dict[str, tuple[str, float]] = {}
         # The latest send time of a position read that showed a position grown by each side.
         self.position_grown_at = {BUY: float("-inf"), SELL: float("-inf")}
+        # Sides whose quotes the exchange refuses: side -> (refusals in a row, next try at), and
+        # since when no quote has been accepted (None while quotes are accepted).
+        self.refusals: dict[str, tuple[int, float]] = {}
+        # The open position's entry price (from the position read) and the latest close order.
+        self.entry_price: Decimal | None = None
+        self.opened: tuple[Decimal, Decimal | None] | None = None
+        self.close_id: str | None = None
+        self.day = DayTotals()
+        self.refused_since: float | None = None
+        self.last_refusal = ""
         self.iteration = 0
         self.last_audit_at = float("-inf")
         self.order_counter = 0
@@ -581,6 +640,7 @@ class MarketMaker:
         # so a step of the system clock cannot corrupt the record.
         self.started_wall = self.clock.wall()
         self.last_status_at = self.started_at
+        self.status_every_s = STATUS_EVERY_S
         self.uptime = UptimeTracker()
         self.stop_requested = False
         self.stop_requested_at = 0.0
@@ -721,6 +781,8 @@ class MarketMaker:
                                f"exchange reads failing ({self.last_read_error})")
         self.alerter.condition("login", self.auth.login_failure is not None,
                                f"login failing ({self.auth.login_failure})")
+        self.alerter.condition("refused", bool(self.refusals),
+                               f"quotes refused by the exchange ({self.last_refusal})")
 
     def _decide_once(self) -> bool:
         """One pass: the reads in one round trip, then close, reconcile and requote; True if it
@@ -826,15 +888,46 @@ class MarketMaker:
         """Take a position read sent at `sent_at`; settle the fill checks it can settle."""
         if position != 0 and self.position == 0:
             self.fills += 1
-            log.info("filled: position %s %s, closing", position, self.config.symbol)
-            self.alerter.send("fill", f"filled: position {position}; closing it (reduce-only)")
+            self.opened = (position, self.entry_price)
+            fill = f"{'bought' if position > 0 else 'sold'} {abs(position)} {self.config.symbol} at {self.entry_price}"
+            log.info("filled: %s; closing", fill)
+            self.alerter.send("fill", f"filled: {fill}; closing it (reduce-only)")
         elif position == 0 and self.position != 0:
-            log.info("position closed: flat again")
-            self.alerter.send("close", "position closed: flat again")
+            result = self._round_trip_result()
+            log.info("position closed: flat again; %s", result)
+            self.alerter.send("close", f"position closed: {result}")
         self.position = position
         if position != 0:
             self.position_grown_at[BUY if position > 0 else SELL] = sent_at
         self._settle_fill_checks(sent_at)
+
+    def _round_trip_result(self) -> str:
+        """The closed round trip in one line (price result, fees, net), counted in the day's
+        totals; the close price is the close order's average fill price."""
+        self._roll_day()
+        self.day.fills += 1
+        qty, entry = self.opened or (self.position, None)
+        self.opened = None
+        closed_at = self._look_up_fill_price(self.close_id) if self.close_id else None
+        if entry is None or closed_at is None:
+            return f"round trip result unknown (fill or close price not shown); {self.day.summary()}"
+        pnl, fees = round_trip(qty, entry, closed_at, self.rules)
+        self.day.pnl += pnl
+        self.day.fees += fees
+        return (f"closed at {closed_at}: price {pnl:+.4f}, fees {fees:.4f}, net {pnl - fees:+.4f}; "
+                f"{self.day.summary()}")
+
+    def _roll_day(self) -> None:
+        today = time.strftime("%Y-%m-%d", time.gmtime(self.clock.wall()))
+        if self.day.day != today:
+            self.day = DayTotals(today)
+
+    def _look_up_fill_price(self, cl_ord_id: str) -> Decimal | None:
+        try:
+            answer = api.query_order(self.auth, cl_ord_id=cl_ord_id)
+        except StandXError:
+            return None
+        return positive_decimal(answer.get("fill_avg_price")) if isinstance(answer, dict) else None
 
     # -- orders that may have filled --
 
@@ -904,7 +997,11 @@ class MarketMaker:
 
     def _read_position(self) -> Decimal | None:
         try:
-            return signed_position(api.query_positions(self.auth, self.config.symbol), self.config.symbol)
+            rows = api.query_positions(self.auth, self.config.symbol)
+            position = signed_position(rows, self.config.symbol)
+            self.entry_price = next((positive_decimal(r.get("entry_price")) for r in rows
+                                     if r.get("symbol") == self.config.symbol), None)
+            return position
         except StandXError as exc:
             self._read_failed("position read failed", exc, "skipping this loop")
         except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
@@ -1043,10 +1140,11 @@ class MarketMaker:
                 + sum(stray_side == side for stray_side in self.strays.values()))
 
     def side_may_quote(self, side: str) -> bool:
-        """Not stopping, not the side that grows a position, and no order there that may have
-        filled without the position settling it yet."""
+        """Not stopping, not the side that grows a position, no order there that may have
+        filled without the position settling it yet, and not backing off after refusals."""
         return (not self.stop_requested and not self.side_blocked_by_position(side)
-                and not any(c.side == side for c in self.fill_checks.values()))
+                and not any(c.side == side for c in self.fill_checks.values())
+                and self.clock.monotonic() >= self.refusals.get(side, (0, float("-inf")))[1])
 
     def side_may_get_new_order(self, side: str) -> bool:
         """The one rule for sending a quote, whatever has failed before: the side may quote,
@@ -1175,8 +1273,30 @@ class MarketMaker:
                             order.side, order.cl_ord_id, error)
             elif error is not None:
                 self.orders.remove(order)
-                log.warning("%s order at %s refused (%s): will re-place next loop",
-                            order.side, order.price, error)
+                if is_lasting_refusal(error):
+                    self._back_off_refused(order.side, error)
+                else:
+                    log.warning("%s order at %s refused (%s): will re-place next loop",
+                                order.side, order.price, error)
+            else:
+                self.refusals.pop(order.side, None)
+                self.refused_since = None
+
+    def _back_off_refused(self, side: str, error: StandXError) -> None:
+        """A refusal that will not pass by itself: the side waits (a few tries a minute at
+        most), and once every quote has been refused for REFUSED_STOP_S the daemon stops."""
+        now = self.clock.monotonic()
+        count = self.refusals.get(side, (0, 0.0))[0] + 1
+        pause_s = REFUSAL_BACKOFF_S[min(count, len(REFUSAL_BACKOFF_S)) - 1]
+        self.refusals[side] = (count, now + pause_s)
+        self.last_refusal = error.message
+        log.warning("%s quote refused by the exchange (%s): next %s quote in %.0f s",
+                    side, error.message, side, pause_s)
+        self.refused_since = now if self.refused_since is None else self.refused_since
+        if now - self.refused_since >= REFUSED_STOP_S:
+            self.exit_code = EXIT_REFUSED
+            self.request_stop(f"every quote refused for {REFUSED_STOP_S / 60:.0f} minutes "
+                              f"(last: {error.message})")
 
     def _send_quote(self, order: OurOrder) -> StandXError | None:
         """The new_order request alone (it may run on another thread): the error, if any."""
@@ -1240,10 +1360,10 @@ class MarketMaker:
         self.close_settles_at = self.clock.monotonic() + CLOSE_SETTLE_S
         side = SELL if position > 0 else BUY
         qty = close_qty(position, self.rules)
+        self.close_id = self.new_cl_ord_id(side)
         try:
             api.new_market_order(self.auth, self.config.symbol, side, qty,
-                                 reduce_only=True, time_in_force="ioc",
-                                 cl_ord_id=self.new_cl_ord_id(side))
+                                 reduce_only=True, time_in_force="ioc", cl_ord_id=self.close_id)
             log.info("sent reduce-only %s %s to close the position", side, qty)
         except StandXError as exc:
             log.warning("close order failed (%s): will retry once the position shows", exc)
@@ -1318,7 +1438,7 @@ class MarketMaker:
 
     def _maybe_log_status(self) -> None:
         now = self.clock.monotonic()
-        if now - self.last_status_at >= STATUS_EVERY_S:
+        if now - self.last_status_at >= self.status_every_s:
             self.last_status_at = now
             log.info(self.status_line())
             self.write_state()
@@ -1329,7 +1449,8 @@ class MarketMaker:
             return
         state = {"updated_at": self.clock.wall(), "pid": os.getpid(), "running": not self.stop_requested,
                  "mode": self.mode, "position": str(self.position), "requotes": self.requotes,
-                 "fills": self.fills, "uptime": reward_summary(self.uptime, self._hour_time())}
+                 "fills": self.fills, "uptime": reward_summary(self.uptime, self._hour_time()),
+                 "day": self.day.summary() if self.day.day else "no round trip yet today"}
         try:
             with open(self.state_path + ".tmp", "w", encoding="utf-8") as handle:
                 json.dump(state, handle)
@@ -1347,7 +1468,8 @@ class MarketMaker:
         elapsed = max(self.clock.monotonic() - self.started_at, 1e-9)
         return (f"status mode={self.mode} mark={mark} {' '.join(sides)} position={self.position} "
                 f"balance={self.balance} requotes={self.requotes} fills={self.fills} "
-                f"req/s={self.auth.requests_sent / elapsed:.2f} {reward_summary(self.uptime, self._hour_time())}")
+                f"req/s={self.auth.requests_sent / elapsed:.2f} {reward_summary(self.uptime, self._hour_time())} "
+                f"{self.day.summary() if self.day.day else 'day: no round trip yet'}")
 
 
 # ---- command line --------------------------------------------------------------------------
@@ -1587,7 +1709,8 @@ def read_state(path: str, now: float) -> str:
     if age_s > 3 * STATUS_EVERY_S:
         return f"no news for {age_s:.0f} s (stopped or stuck?); last: {state.get('uptime')}"
     return (f"running (pid {state.get('pid')}, {age_s:.0f} s ago): mode {state.get('mode')}, "
-            f"{state.get('uptime')}, requotes {state.get('requotes')}, fills {state.get('fills')}")
+            f"{state.get('uptime')}, requotes {state.get('requotes')}, fills {state.get('fills')}; "
+            f"{state.get('day')}")
 
 
 def arm_hard_stop() -> None:

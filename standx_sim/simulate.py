@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -25,6 +26,9 @@ from .server import SimServer
 from .simulator import Simulator
 
 log = logging.getLogger(__name__)
+
+# A simulated run shows its status line this often (a live one every minute).
+STATUS_EVERY_S = 10.0
 
 
 def throwaway_key() -> str:
@@ -57,11 +61,17 @@ def run_simulation(config: mm.Config, market_data: list[str] | None, duration_s:
                    report_path: str) -> int:
     """Serve a simulator on 127.0.0.1, run the daemon against it, report. The exit code."""
     sim = Simulator(WallClock(), load_market(market_data), meter_qty=config.qty)
+    listed = sim.exchange.spec.symbol
+    if config.symbol != listed:
+        print(f"the simulator lists only {listed}: set MARKET_MAKER_SYMBOL={listed} to simulate "
+              f"(got {config.symbol})", file=sys.stderr)
+        return mm.EXIT_CONFIG
     server = SimServer(sim)
     url = server.start()
     config = dataclasses.replace(config, auth_base_url=url, perps_base_url=url)
     auth = StandXAuth(config.private_key, auth_base_url=url, perps_base_url=url, clock=RealClock())
     maker = mm.MarketMaker(config, auth)
+    maker.status_every_s = STATUS_EVERY_S  # something to watch
     mm.install_signal_handlers(maker)
     log.info("simulator at %s; %s", url, mm.describe(config))
     started = time.monotonic()

@@ -3,6 +3,7 @@ subprocesses over HTTP (`python market_maker.py` against `python -m standx_sim s
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -162,10 +163,10 @@ def test_daemon_process_quotes_then_stops_on_sigterm_with_no_order_left(sim_serv
     assert key[2:] not in output and "Traceback" not in output
 
 
-def test_simulate_runs_without_any_env_and_writes_its_report(tmp_path):
+def test_simulate_runs_without_any_env_shows_its_status_every_10_s_and_writes_its_report(tmp_path):
     report = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "market_maker.py"), "--simulate", "--duration", "4",
+        [sys.executable, str(REPO / "market_maker.py"), "--simulate", "--duration", "10.5",
          "--report-json", str(report)],
         cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -177,6 +178,16 @@ def test_simulate_runs_without_any_env_and_writes_its_report(tmp_path):
     assert figures["orders_placed"] >= 2 and figures["requests"] > 0
     assert 0 < figures["uptime_pct"] <= 100
     assert "two-sided uptime" in result.stdout
+    assert result.stdout.count("status mode=normal") == 1  # at 10 s, not once a minute
+
+
+def test_simulate_with_a_symbol_the_simulator_does_not_list_says_so_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "market_maker.py"), "--simulate"], cwd=tmp_path,
+                            env=clean_env(MARKET_MAKER_SYMBOL="ETH-USD"), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "the simulator lists only BTC-USD: set MARKET_MAKER_SYMBOL=BTC-USD to simulate (got ETH-USD)"]
 
 
 def test_simulate_with_a_missing_market_file_is_a_one_line_error(tmp_path):
@@ -186,3 +197,25 @@ def test_simulate_with_a_missing_market_file_is_a_one_line_error(tmp_path):
         timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"market data not found: {tmp_path / 'nope'}.bbo.csv.gz"]
+
+
+def test_a_fill_and_its_close_are_logged_with_prices_fees_and_the_days_totals(monkeypatch):
+    from tests.fault_harness import run_daemon, flat_market
+
+    def sell_into_our_bid(run):
+        bid = next(o for o in run.our_resting() if o.side == "buy")
+        run.sim.exchange.add_trade(bid.price, Decimal("0.005"), "sell")
+    run = run_daemon(15, market=flat_market(), monkeypatch=monkeypatch, actions=[(5, sell_into_our_bid)])
+    fill = re.search(r"filled: bought 0\.0050 BTC-USD at (\d+\.\d+); closing", run.logs)
+    close = re.search(r"position closed: flat again; closed at (\d+\.\d+): price ([-+]\d+\.\d+), fees "
+                      r"(\d+\.\d+), net ([-+]\d+\.\d+); day (\d{4}-\d\d-\d\d): fills=1 ", run.logs)
+    assert fill and close, run.logs[-2000:]
+    entry = Decimal(fill.group(1))
+    exit_price, pnl, fees, net = (Decimal(close.group(i)) for i in (1, 2, 3, 4))
+    assert pnl == ((exit_price - entry) * Decimal("0.005")).quantize(Decimal("0.0001"))
+    assert fees == (Decimal("0.005") * (entry * Decimal("0.0001") + exit_price * Decimal("0.0004"))).quantize(
+        Decimal("0.0001"))
+    assert net == pnl - fees
+    metrics = run.metrics()
+    assert Decimal(str(metrics["fees"])).quantize(Decimal("0.0001")) == fees  # what the exchange charged
+    assert "day 2026-01-06: fills=1" in run.maker.status_line()

@@ -839,3 +839,36 @@ def test_a_step_of_the_system_clock_neither_pauses_the_loop_nor_ends_it_early(ex
     assert time.monotonic() - started >= 1.0  # the run's duration was not cut short either
     loops = len(exchange.calls_of("query_positions"))
     assert 8 <= loops <= 20  # about one every 0.1 s throughout: no pause, no spin
+
+
+# ---- quotes the exchange keeps refusing -----------------------------------------------------------
+
+def test_a_lasting_refusal_backs_the_side_off_to_a_few_tries_a_minute(maker, exchange, caplog):
+    exchange.fail("new_limit_order", StandXError("insufficient margin", 400, 400))
+    for _ in range(240):  # two minutes of loops
+        step(maker)
+    tries = len(placed(exchange))
+    assert 2 * 4 <= tries <= 2 * 9  # both sides: 5, 10, 20, 30, 30 ... s apart, not 240 tries each
+    assert "buy quote refused by the exchange (insufficient margin): next buy quote in 30 s" in caplog.text
+    assert maker.alerter  # the "refused" condition is reported each loop (tests/test_alerts.py)
+    exchange.heal("new_limit_order")
+    step(maker, 30)
+    assert len(exchange.ours()) == 2 and maker.refusals == {} and maker.refused_since is None
+
+
+def test_every_quote_refused_for_five_minutes_stops_cleanly_with_exit_5(exchange):
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY})
+    clock = FakeClock()
+    maker = mm.MarketMaker(config, FakeAuth(clock), clock=clock)
+    exchange.fail("new_limit_order", StandXError("symbol is not trading", 400, 400))
+    assert maker.run(duration_s=3600) == mm.EXIT_REFUSED
+    assert mm.REFUSED_STOP_S <= clock.now() - START < mm.REFUSED_STOP_S + 60
+    assert "every quote refused for 5 minutes (last: symbol is not trading)" in maker.stop_reason
+
+
+def test_a_passing_refusal_is_not_backed_off(maker, exchange):
+    exchange.fail("new_limit_order", StandXError("exchange unavailable (HTML error page)", 502))
+    step(maker)
+    exchange.heal("new_limit_order")
+    step(maker)
+    assert len(exchange.ours()) == 2

@@ -39,7 +39,7 @@ def test_unit_restarts_on_failure_but_not_on_errors_a_person_must_fix(unit):
     service = unit["Service"]
     assert service["Restart"] == "on-failure"
     assert set(service["RestartPreventExitStatus"].split()) == {
-        str(mm.EXIT_CONFIG), str(mm.EXIT_ALREADY_RUNNING), str(mm.EXIT_BALANCE_FLOOR)}
+        str(mm.EXIT_CONFIG), str(mm.EXIT_ALREADY_RUNNING), str(mm.EXIT_BALANCE_FLOOR), str(mm.EXIT_REFUSED)}
 
 
 def test_unit_waits_longer_than_the_daemons_own_stop_deadline(unit):

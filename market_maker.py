@@ -26,9 +26,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from dotenv.parser import parse_stream
 from eth_account import Account
@@ -78,7 +79,7 @@ PRICE_MAX_AGE_S = 2.0
 # A side whose order vanished, its status unknown, waits this long for a fill to show in the
 # position; one whose status says it filled waits until the fill shows, up to FILL_SHOWS_MAX_S.
 FILL_CHECK_MAX_S = 10.0
-FILL_SHOWS_MAX_S = 300.0
+FILL_SHOWS_MAX_S = 60.0
 # A cancel not effective after this long is sent again.
 CANCEL_RETRY_S = 2.0
 # Our orders are tracked locally; the exchange's list is read when an order needs confirming,
@@ -369,6 +370,31 @@ def positive_decimal(value: Any) -> Decimal | None:
     return number if number > 0 else None
 
 
+class OrderStatus(NamedTuple):
+    """What query_order says of one order: its status (None while not shown), how much of it
+    filled, and when the exchange last changed it (Unix time on the exchange's clock)."""
+    status: str | None
+    fill_qty: Decimal | None = None
+    updated_at: float | None = None
+
+    @property
+    def over(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def filled(self) -> bool:
+        return bool(self.fill_qty) or self.status == "filled"
+
+
+def exchange_time(value: Any) -> float | None:
+    """An ISO-8601 time from an answer as Unix seconds (None when absent or malformed)."""
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
 def is_lasting_refusal(error: StandXError) -> bool:
     """A refusal that sending again will not cure: a client error (4xx, or a 200 whose body
     carries an error code), other than a token, clock or rate-limit problem, each handled
@@ -426,6 +452,9 @@ class OurOrder:
     stale: bool = False
     cancel_sent_at: float | None = None
     outcome_unknown: bool = False  # the request got no clear answer: it may never have arrived
+    # A partial fill seen while it rested: how much, and when (exchange time).
+    fill_qty_seen: Decimal = Decimal(0)
+    fill_time: float | None = None
 
     @property
     def cancelling(self) -> bool:
@@ -441,7 +470,18 @@ class FillCheck:
     sent_at: float  # when the order was sent
     since: float  # when it was found gone
     filled: bool | None = None  # from the order's own status, once looked up
-    qty: Decimal = Decimal(0)  # how much filled, when the status says
+    fill_time: float | None = None  # when its (last) fill happened, on the exchange's clock
+    # What the order showed of a partial fill while it rested (see OurOrder).
+    fill_qty_seen: Decimal = Decimal(0)
+    seen_fill_time: float | None = None
+
+    def note(self, found: OrderStatus) -> None:
+        """The order's final status: filled or not, and when its last fill happened (the
+        partial fill seen while it rested, if nothing filled after it)."""
+        # A final status without fill_qty says nothing of a partial fill: still unknown.
+        self.filled = found.filled if found.fill_qty is not None or found.status == "filled" else None
+        seen_all = found.fill_qty is not None and found.fill_qty == self.fill_qty_seen
+        self.fill_time = self.seen_fill_time if seen_all and self.seen_fill_time else found.updated_at
 
 
 @dataclass
@@ -618,6 +658,7 @@ class MarketMaker:
         self.given_up: dict[str, tuple[str, float]] = {}
         # The latest send time of a position read that showed a position grown by each side.
         self.position_grown_at = {BUY: float("-inf"), SELL: float("-inf")}
+        self.position_updated_at: float | None = None
         # Sides whose quotes the exchange refuses: side -> (refusals in a row, next try at), and
         # since when no quote has been accepted (None while quotes are accepted).
         self.refusals: dict[str, tuple[int, float]] = {}
@@ -813,7 +854,7 @@ class MarketMaker:
             self._apply_new_rules(got["rules"])
         for key, found in got.items():
             if key.startswith("fill:") and found is not None:
-                self._note_fill_status(key.removeprefix("fill:"), *found)
+                self._note_fill_status(key.removeprefix("fill:"), found)
         position = got["position"]
         if position is None:
             return False
@@ -931,31 +972,31 @@ class MarketMaker:
 
     # -- orders that may have filled --
 
-    def _note_fill_status(self, cl_ord_id: str, status: str | None, fill_qty: Decimal | None) -> None:
+    def _note_fill_status(self, cl_ord_id: str, found: OrderStatus) -> None:
         """The looked-up status of an order that may have filled: final with nothing filled
         clears its side at once; any fill must show in the position first."""
         check = self.fill_checks.get(cl_ord_id)
-        if check is None or status is None or status not in FINAL_STATUSES:
+        if check is None or not found.over:
             return
-        check.filled = bool(fill_qty) or status == "filled"
-        check.qty = fill_qty or Decimal(0)
-        if not check.filled:
-            log.debug("order %s was %s without a fill", cl_ord_id, status)
+        check.note(found)
+        if check.filled is False:
+            log.debug("order %s was %s without a fill", cl_ord_id, found.status)
             del self.fill_checks[cl_ord_id]
 
     def _settle_fill_checks(self, position_sent_at: float) -> None:
         """A side whose order may have filled waits for a position read sent after the order
-        was found gone. If that read shows no position on the side, the side may quote again
-        once the order's status says it did not fill, or its fill has shown in the position
-        (and was closed), or, its status unknown, nothing showed for FILL_CHECK_MAX_S. A fill
-        the status confirms is waited for until it shows (FILL_SHOWS_MAX_S at the most)."""
+        was found gone, showing no position on that side. Then it may quote again once the
+        order's status says it did not fill; or the position shows the fill: the answer is at
+        least as new as the fill (by the exchange's timestamps), or it grew on that side after
+        the order was sent; or, the status unknown, nothing showed for FILL_CHECK_MAX_S. A fill
+        the position never shows is given up on after FILL_SHOWS_MAX_S, with an alert."""
         now = self.clock.monotonic()
-        if self.position == 0 and self._unshown_fills_offset(position_sent_at):
-            return
         for cl_ord_id, check in list(self.fill_checks.items()):
             if position_sent_at <= check.since or self.side_blocked_by_position(check.side):
                 continue
-            fill_showed = self.position_grown_at[check.side] >= check.sent_at
+            fill_showed = (self.position_grown_at[check.side] >= check.sent_at
+                           or None not in (check.fill_time, self.position_updated_at)
+                           and self.position_updated_at >= check.fill_time)
             waited_s = now - check.since
             if check.filled and not fill_showed and waited_s >= FILL_SHOWS_MAX_S:
                 log.error("order %s filled but the position has not shown it for %.0f s: quoting "
@@ -966,32 +1007,20 @@ class MarketMaker:
                 continue
             del self.fill_checks[cl_ord_id]
 
-
-    def _unshown_fills_offset(self, position_sent_at: float) -> bool:
-        """Fills the position never showed, on both sides, that cancel out (a buy and a sell
-        filled while we were not looking) leave a flat position that is right: settle them."""
-        unshown = [c for c in self.fill_checks.values()
-                   if c.filled and position_sent_at > c.since and self.position_grown_at[c.side] < c.sent_at]
-        net = sum((c.qty if c.side == BUY else -c.qty for c in unshown), Decimal(0))
-        if not unshown or net != 0 or len({c.side for c in unshown}) < 2:
-            return False
-        for check in unshown:
-            del self.fill_checks[check.cl_ord_id]
-        self._settle_fill_checks(position_sent_at)
-        return True
-
     def _may_have_filled(self, order: OurOrder) -> None:
         """An order gone without its status yet: its side waits for a fill check."""
-        self.fill_checks[order.cl_ord_id] = FillCheck(order.cl_ord_id, order.side, order.sent_at,
-                                                      self.clock.monotonic())
+        self.fill_checks[order.cl_ord_id] = FillCheck(
+            order.cl_ord_id, order.side, order.sent_at, self.clock.monotonic(),
+            fill_qty_seen=order.fill_qty_seen, seen_fill_time=order.fill_time)
 
-    def _check_for_fill(self, cl_ord_id: str, side: str, sent_at: float, status: str,
-                        fill_qty: Decimal | None) -> None:
+    def _check_for_fill(self, order: OurOrder, found: OrderStatus) -> None:
         """An order the exchange shows over: one that filled, even in part, starts a fill
         check that waits for the position to show it."""
-        if fill_qty or status == "filled":
-            self.fill_checks[cl_ord_id] = FillCheck(cl_ord_id, side, sent_at, self.clock.monotonic(),
-                                                    True, fill_qty or Decimal(0))
+        if found.filled:
+            self._may_have_filled(order)
+            self.fill_checks[order.cl_ord_id].note(found)
+        elif found.fill_qty is None:
+            self._may_have_filled(order)  # over, but how much filled is not said: check it
 
     # -- reads (None = unknown) --
 
@@ -999,8 +1028,11 @@ class MarketMaker:
         try:
             rows = api.query_positions(self.auth, self.config.symbol)
             position = signed_position(rows, self.config.symbol)
-            self.entry_price = next((positive_decimal(r.get("entry_price")) for r in rows
-                                     if r.get("symbol") == self.config.symbol), None)
+            ours = [r for r in rows if r.get("symbol") == self.config.symbol]
+            self.entry_price = next((positive_decimal(r.get("entry_price")) for r in ours), None)
+            # When the exchange last changed the position: a fill after it is not in it yet.
+            self.position_updated_at = max((t for r in ours if (t := exchange_time(r.get("updated_at")))),
+                                           default=None)
             return position
         except StandXError as exc:
             self._read_failed("position read failed", exc, "skipping this loop")
@@ -1082,6 +1114,7 @@ class MarketMaker:
             if order.cl_ord_id in visible:
                 order.seen = True
                 kept.append(order)
+                self._note_partial_fill(order, visible[order.cl_ord_id])
             elif order.seen:
                 log.info("%s order %s at %s is gone (%s)", order.side, order.cl_ord_id, order.price,
                          "cancelled, unless it filled first" if order.cancelling else "filled or cancelled")
@@ -1089,6 +1122,14 @@ class MarketMaker:
             elif self._unseen_order_still_pending(order, now, give_up):
                 kept.append(order)
         return kept
+
+    @staticmethod
+    def _note_partial_fill(order: OurOrder, row: Mapping[str, Any]) -> None:
+        """A resting order that shows more of it filled: how much, and when (the row's update
+        time), so that a later fill check knows when that fill happened."""
+        filled = positive_decimal(row.get("fill_qty"))
+        if filled is not None and filled > order.fill_qty_seen:
+            order.fill_qty_seen, order.fill_time = filled, exchange_time(row.get("updated_at"))
 
     def _note_strays(self, visible: Mapping[str, Any], now: float) -> None:
         """Orders of ours the exchange shows that we do not track. One that vanishes may have
@@ -1111,8 +1152,8 @@ class MarketMaker:
         it cannot rule out) until the exchange says."""
         if now - order.sent_at < LOOKUP_AFTER_S:
             return True
-        status, fill_qty = self._look_up(order.cl_ord_id)
-        if status is None:
+        found = self._look_up(order.cl_ord_id)
+        if found.status is None:
             # An accepted order exists: it shows up or is rejected, however long it takes.
             if not order.outcome_unknown or now - order.sent_at < UNSEEN_GIVE_UP_S or not give_up:
                 return True
@@ -1122,13 +1163,13 @@ class MarketMaker:
                         order.side, order.cl_ord_id, order.price, UNSEEN_GIVE_UP_S)
             self.given_up[order.cl_ord_id] = (order.side, now)
             return False
-        if status not in FINAL_STATUSES:
+        if not found.over:
             order.seen = True  # live after all: it shows in the next list
             return True
         if not order.cancelling:
             log.info("%s order %s at %s was %s by the exchange", order.side, order.cl_ord_id,
-                     order.price, status)
-        self._check_for_fill(order.cl_ord_id, order.side, order.sent_at, status, fill_qty)
+                     order.price, found.status)
+        self._check_for_fill(order, found)
         return False
 
     def _active(self, side: str) -> list[OurOrder]:
@@ -1198,6 +1239,8 @@ class MarketMaker:
             if not self._cancel_orders(old):
                 return  # the old quotes stay; their cancel is retried, then they are replaced
             self._confirm_gone(old)
+            if self.clock.monotonic() - market.read_at > PRICE_MAX_AGE_S:
+                return  # the confirmation took long: the next loop prices off a fresh read
         self.place_quotes([(side, self._price_for(side, market)) for side in sides])
 
     def _confirm_gone(self, cancelled: list[OurOrder]) -> None:
@@ -1208,11 +1251,11 @@ class MarketMaker:
         pending = list(cancelled)
         while pending and not self.stop_requested:
             answers = self.clock.gather([partial(self._look_up, o.cl_ord_id) for o in pending])
-            for order, (status, fill_qty) in zip(list(pending), answers):
-                if status in FINAL_STATUSES:
+            for order, found in zip(list(pending), answers):
+                if found.over:
                     pending.remove(order)
                     self.orders.remove(order)
-                    self._check_for_fill(order.cl_ord_id, order.side, order.sent_at, status, fill_qty)
+                    self._check_for_fill(order, found)
             if not pending or self.clock.monotonic() >= ends_at:
                 return
             self.clock.sleep(CANCEL_POLL_S)
@@ -1308,19 +1351,21 @@ class MarketMaker:
         log.debug("placed %s %s @ %s (%s)", order.side, self.qty, order.price, order.cl_ord_id)
         return None
 
-    def _look_up(self, cl_ord_id: str) -> tuple[str | None, Decimal | None]:
-        """An order's status and filled qty by cl_ord_id; (None, None) while the exchange does
-        not show it (404) or the read failed."""
+    def _look_up(self, cl_ord_id: str) -> OrderStatus:
+        """An order's status by cl_ord_id; no status while the exchange does not show it (404)
+        or the read failed."""
         try:
             answer = api.query_order(self.auth, cl_ord_id=cl_ord_id)
         except StandXError as exc:
             log.debug("order %s not visible yet (%s)", cl_ord_id, exc)
-            return None, None
+            return OrderStatus(None)
         status = answer.get("status") if isinstance(answer, dict) else None
         if not status:
-            return None, None
-        filled = positive_decimal(answer.get("fill_qty"))
-        return str(status).lower(), filled
+            return OrderStatus(None)
+        fill_qty = answer.get("fill_qty")
+        return OrderStatus(str(status).lower(), positive_decimal(fill_qty) or
+                           (Decimal(0) if fill_qty is not None else None),
+                           exchange_time(answer.get("updated_at")))
 
     def _cancel_orders(self, orders: list[OurOrder]) -> bool:
         """Ask to cancel tracked orders, in one request; they stay tracked until seen gone.
@@ -1409,10 +1454,10 @@ class MarketMaker:
         """While stopping: a given-up order the exchange now shows over is settled (a fill of
         it is checked like any other); one it still does not know keeps the stop unconfirmed."""
         for cid, (side, given_up_at) in list(self.given_up.items()):
-            status, fill_qty = self._look_up(cid)
-            if status in FINAL_STATUSES:
+            found = self._look_up(cid)
+            if found.over:
                 del self.given_up[cid]
-                self._check_for_fill(cid, side, given_up_at, status, fill_qty)
+                self._check_for_fill(OurOrder(cid, side, Decimal(0), given_up_at), found)
 
     def _flatten_before_exit(self, deadline: float) -> bool:
         """Close any position left (a fill can land while cancels are in flight) and confirm it
@@ -1422,8 +1467,8 @@ class MarketMaker:
             sent_at = self.clock.monotonic()
             unsettled = [cid for cid, check in self.fill_checks.items() if check.filled is None]
             found = self.clock.gather([self._read_position] + [partial(self._look_up, cid) for cid in unsettled])
-            for cid, (status, fill_qty) in zip(unsettled, found[1:]):
-                self._note_fill_status(cid, status, fill_qty)
+            for cid, status in zip(unsettled, found[1:]):
+                self._note_fill_status(cid, status)
             position = found[0]
             if position is not None:
                 self._note_position(position, sent_at)

@@ -371,3 +371,98 @@ def test_an_absurd_number_in_an_answer_is_a_malformed_read_not_a_crash(path, bod
     assert "malformed" in run.logs or "no usable mark" in run.logs
     two_sided_at_the_end(run)
     finish(run)
+
+
+# ---- found by the second review ------------------------------------------------------------------
+
+def buy_into_our_ask(run: Run) -> None:
+    asks = [o for o in run.our_resting() if o.side == "sell"]
+    if asks:
+        run.sim.exchange.add_trade(asks[0].price, QTY, "buy")
+
+
+def lift_our_ask_when_the_close_goes_out(run: Run) -> None:
+    """The ordinary round trip: our bid is taken, and before our close reaches the book a buyer
+    takes our ask, so the position goes back to flat without ever showing short."""
+    handle, done = run.sim.handle, []
+
+    def handle_and_lift(method, path, query, headers, body):
+        if path == "/api/new_order" and b'"market"' in body and not done:
+            done.append(True)
+            buy_into_our_ask(run)
+        return handle(method, path, query, headers, body)
+    run.sim.handle = handle_and_lift
+
+
+def lagging_positions(seconds: float):
+    def setup(run: Run) -> None:
+        run.sim.set_position_lag(seconds)
+        run.position_lag_s = seconds
+    return setup
+
+
+def sell_quotes_after(run: Run, seconds: float) -> list:
+    return quotes(run, run.t(seconds), side="sell")
+
+
+def test_after_a_round_trip_that_never_showed_short_the_sell_side_quotes_again(monkeypatch):
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch, setup=lift_our_ask_when_the_close_goes_out,
+                     actions=[(6, sell_into_our_bid)])
+    asks = sell_quotes_after(run, 6)
+    assert asks and asks[0].t - run.t(6) < 3
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+@pytest.mark.parametrize("lag_s", [2.0, 5.0])
+def test_a_round_trip_then_a_fill_during_the_stop_never_passes_for_flat(lag_s, monkeypatch):
+    def stop_and_fill(run: Run) -> None:
+        run.maker.request_stop("SIGTERM")
+        sell_into_our_bid(run)
+    run = run_daemon(60, market=flat_market(), monkeypatch=monkeypatch,
+                     setup=together(lagging_positions(lag_s), lift_our_ask_when_the_close_goes_out),
+                     actions=[(6, sell_into_our_bid), (30, stop_and_fill)])
+    finish(run)
+
+
+@pytest.mark.parametrize("lag_s", [2.0, 3.0])
+def test_a_round_trip_then_more_sellers_never_take_two_bids(lag_s, monkeypatch):
+    run = run_daemon(45, market=flat_market(), monkeypatch=monkeypatch,
+                     setup=together(lagging_positions(lag_s), lift_our_ask_when_the_close_goes_out),
+                     actions=[(6, sell_into_our_bid)] + [(30 + 0.5 * i, sell_into_our_bid) for i in range(8)])
+    assert run.max_abs_position == QTY
+    finish(run)
+
+
+def test_a_partial_fill_of_a_quote_does_not_keep_its_side_dark(monkeypatch):
+    def bid_taken_and_part_of_the_ask(run: Run) -> None:
+        bid = next(o for o in run.our_resting() if o.side == "buy")
+        ask = next(o for o in run.our_resting() if o.side == "sell")
+        run.sim.exchange.fill_resting(run.address, bid.cl_ord_id, QTY)
+        run.sim.exchange.fill_resting(run.address, ask.cl_ord_id, Decimal("0.002"))
+    run = run_daemon(40, market=flat_market(), monkeypatch=monkeypatch,
+                     actions=[(6, bid_taken_and_part_of_the_ask), (15, shift(3))])
+    asks = sell_quotes_after(run, 15)
+    assert asks and asks[0].t - run.t(15) < 3
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+@pytest.mark.parametrize("tif", ["alo", "gtc"])
+def test_a_replacement_is_not_priced_off_a_read_that_the_cancel_confirmation_made_old(tif, monkeypatch):
+    def slow_lookup_while_the_market_falls(run: Run) -> None:
+        handle, done = run.sim.handle, []
+
+        def handle_slowly(method, path, query, headers, body):
+            if path == "/api/query_order" and run.clock.now() >= run.t(8) and not done:
+                done.append(True)
+                run.sim.faults.add("stall", path="/api/query_order", count=1, stall_s=6)
+                answer = handle(method, path, query, headers, body)
+                run.sim.exchange.shift_bps(-8)
+                return answer
+            return handle(method, path, query, headers, body)
+        run.sim.handle = handle_slowly
+    run = run_daemon(25, market=flat_market(), monkeypatch=monkeypatch, setup=slow_lookup_while_the_market_falls,
+                     actions=[(8, shift(3))], env={"MARKET_MAKER_TIME_IN_FORCE": tif})
+    assert run.metrics()["taker_fills"] == 0 and run.max_abs_position == 0
+    finish(run)

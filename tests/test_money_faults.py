@@ -14,8 +14,8 @@ from email.utils import formatdate
 import pytest
 
 import market_maker as mm
-from tests.fault_harness import (QTY, START_TS, Run, assert_nothing_arrives_late,
-                                 assert_nothing_lost, flat_market, moving_market, run_daemon)
+from tests.fault_harness import (QTY, Run, assert_nothing_arrives_late, assert_nothing_lost,
+                                 flat_market, run_daemon)
 
 READS = ("/api/query_positions", "/api/query_symbol_price", "/api/query_open_orders",
          "/api/query_balance")

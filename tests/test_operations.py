@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from eth_account import Account

@@ -1,14 +1,22 @@
-"""Benchmark: the market maker on recorded StandX hours, calm and volatile, both requote modes.
+"""Benchmark: the market maker on a calm and a volatile market, both requote modes.
 
-    python bench/uptime.py [--latency-ms 150] [--json PATH] [--data-dir DIR] [--env-file PATH]
+    python bench/uptime.py [--hours 3] [--seed 0] [--data-dir DIR] [--latency-ms 150] [--json PATH]
+                           [--env-file PATH] [--max-seconds S] [--workers 2]
 
-Runs the backtest (standx_sim.backtest) on the calm hours BTC-USD_2026-01-06_00 .. _05 and the
-volatile hours _14, _15 of ../shared/market_data (next to the repository), with
-MARKET_MAKER_REQUOTE=replace and =cancel_first, one hour per task on a pool of 2 processes, and
-prints a markdown table (columns calm/replace, calm/cancel_first, volatile/replace,
-volatile/cancel_first) followed by the per-hour detail. Strategy settings come from the
-environment (and --env-file) as for a live run. wall_s and speedup are the only figures that
-depend on timing. Without the data folder it says so and exits 0.
+By default it replays synthetic markets, so that it runs on a fresh clone and gives the same
+figures on every machine: the presets calm and volatile of standx_sim/presets.py (seeded random
+walks whose statistics were measured from recorded StandX BTC-USD hours), --hours hours of each
+with seeds --seed, --seed + 1, ... Its output says "SYNTHETIC": these are not figures of real
+hours. With --data-dir DIR it replays instead the recorded hours the presets were measured from
+(calm BTC-USD_2026-01-06_00 .. _05, volatile _14, _15: DIR/PREFIX.bbo.csv.gz and
+DIR/PREFIX.trades.csv.gz each), for example ../shared/market_data; a missing file is an error
+(exit 2).
+
+Every hour runs with MARKET_MAKER_REQUOTE=replace and =cancel_first, one hour per task on a pool
+of 2 processes; it prints a line naming the market replayed, a markdown table (columns
+calm/replace, calm/cancel_first, volatile/replace, volatile/cancel_first) and the per-hour
+detail. Strategy settings come from the environment (and --env-file) as for a live run.
+wall_s and speedup are the only figures that depend on timing.
 """
 from __future__ import annotations
 
@@ -19,13 +27,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "market_data"
-GROUPS = {
-    "calm": [f"BTC-USD_2026-01-06_{hour:02d}" for hour in range(6)],
-    "volatile": ["BTC-USD_2026-01-06_14", "BTC-USD_2026-01-06_15"],
-}
+GROUPS = ("calm", "volatile")  # presets of standx_sim/presets.py
 MODES = ("replace", "cancel_first")
 WORKERS = 2
+HOURS = 3
 HOUR_S = 3600
 
 
@@ -35,14 +40,21 @@ def columns() -> list[tuple[str, str]]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hours", type=int, default=None, help=f"synthetic hours per preset (default {HOURS})")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the first synthetic hour (default 0)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="replay the recorded hours in DIR instead of synthetic markets")
     parser.add_argument("--latency-ms", type=float, default=150.0, help="round-trip latency per request (default 150)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON here")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help=f"recorded hours (default {DEFAULT_DATA_DIR})")
     parser.add_argument("--env-file", metavar="PATH", help="settings file; the environment wins")
     parser.add_argument("--max-seconds", type=float, help="simulate at most this many seconds per hour")
     parser.add_argument("--workers", type=int, default=WORKERS, help=f"processes (default {WORKERS})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.data_dir is not None and (args.hours is not None or args.seed is not None):
+        parser.error("--hours and --seed choose synthetic hours; they do not apply to --data-dir")
+    if args.hours is not None and args.hours < 1:
+        parser.error("--hours must be at least 1")
+    return args
 
 
 def summary_rows(results: dict[tuple[str, str], dict]) -> list[tuple[str, list]]:
@@ -69,44 +81,51 @@ def summary_rows(results: dict[tuple[str, str], dict]) -> list[tuple[str, list]]
 
 
 def detail_rows(results: dict[tuple[str, str], dict]) -> list[tuple[str, list]]:
-    """One row per recorded hour: uptime, maker hours, fills and wall time in each mode."""
+    """One row per hour: uptime, maker hours, fills, requotes and wall time in each mode."""
     rows = []
-    for group, hours in GROUPS.items():
-        for n, hour in enumerate(hours):
+    for group in GROUPS:
+        for n, hour in enumerate(results[(group, MODES[0])]["hours"]):
             figures = []
             for mode in MODES:
                 h = results[(group, mode)]["hours"][n]
                 figures += [h["uptime_pct"], h["maker_hours"], h["fills"], h["requotes"], h["wall_s"]]
-            rows.append((hour, figures))
+            rows.append((hour["hour"], figures))
     return rows
 
 
-def run_task(prefix: str, config, latency_ms: float, max_seconds: float | None) -> dict | str:
-    """One hour in a worker: its figures, or the one-line configuration error it hit."""
+def run_task(source, config, latency_ms: float, max_seconds: float | None) -> dict | str:
+    """One hour (a recorded prefix or a backtest.SyntheticHour) in a worker: its figures, or the
+    one-line configuration error it hit."""
     from market_maker import ConfigError
     from standx_sim import backtest
     try:
-        return backtest.run_hour(prefix, config, latency_ms, max_seconds)
+        return backtest.run_hour(source, config, latency_ms, max_seconds)
     except ConfigError as exc:  # (it does not survive pickling back to the parent)
         return f"configuration error: {exc}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.data_dir.is_dir():
-        print(f"No recorded market data at {args.data_dir}: nothing to benchmark "
-              "(the benchmark needs the shared/market_data folder next to the repository).")
-        return 0
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from market_maker import ConfigError
     from standx_sim import backtest
+    from standx_sim.presets import PRESETS
 
     try:
         configs = {mode: backtest.backtest_config(os.environ, args.env_file, mode) for mode in MODES}
-        for hours in GROUPS.values():
-            for hour in hours:
-                backtest.check_prefix(str(args.data_dir / hour))
+        if args.data_dir is None:
+            seed, hours = args.seed or 0, args.hours or HOURS
+            sources = {group: [backtest.SyntheticHour(group, seed + k) for k in range(hours)] for group in GROUPS}
+            market = (f"SYNTHETIC markets, not recordings: the presets calm and volatile (seeded random walks "
+                      f"with the statistics of recorded StandX BTC-USD hours, standx_sim/presets.py), {hours} h "
+                      f"each, seeds {seed} to {seed + hours - 1}")
+        else:
+            sources = {group: [str(args.data_dir / hour) for hour in PRESETS[group].recordings] for group in GROUPS}
+            for prefix in sources["calm"] + sources["volatile"]:
+                backtest.check_prefix(prefix)
+            market = (f"recorded StandX BTC-USD hours in {args.data_dir} (calm: {len(sources['calm'])} h, "
+                      f"volatile: {len(sources['volatile'])} h)")
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -115,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {(group, mode): [pool.submit(run_task, str(args.data_dir / hour), configs[mode],
-                                               args.latency_ms, args.max_seconds) for hour in hours]
-                   for group, hours in GROUPS.items() for mode in MODES}
+        futures = {(group, mode): [pool.submit(run_task, source, configs[mode], args.latency_ms, args.max_seconds)
+                                   for source in sources[group]]
+                   for group in GROUPS for mode in MODES}
         outcomes = {key: [task.result() for task in tasks] for key, tasks in futures.items()}
     errors = [hour for hours in outcomes.values() for hour in hours if isinstance(hour, str)]
     if errors:
@@ -127,16 +146,16 @@ def main(argv: list[str] | None = None) -> int:
                for key, hours in outcomes.items()}
 
     header = ["figure"] + [f"{group}/{mode}" for group, mode in columns()]
-    print(f"Backtest of the market maker on recorded StandX BTC-USD hours, latency {args.latency_ms:g} ms "
-          f"(calm: {len(GROUPS['calm'])} h, volatile: {len(GROUPS['volatile'])} h; "
-          "wall_s and speedup depend on the machine, every other figure is reproducible).\n")
+    print(f"Backtest of the market maker on {market}; latency {args.latency_ms:g} ms "
+          "(wall_s and speedup depend on the machine, every other figure is reproducible).\n")
     print(backtest.table(summary_rows(results), header))
     print("\nPer hour (uptime_pct, maker_hours, fills, requotes, wall_s) for replace, then cancel_first:\n")
     detail_header = ["hour"] + [f"{mode} {figure}" for mode in MODES
                                 for figure in ("uptime", "mh", "fills", "requotes", "wall_s")]
     print(backtest.table(detail_rows(results), detail_header))
     if args.json:
-        data = {"note": backtest.TIMING_NOTE, "latency_ms": args.latency_ms, "max_seconds": args.max_seconds,
+        data = {"note": backtest.TIMING_NOTE, "market": market, "latency_ms": args.latency_ms,
+                "max_seconds": args.max_seconds,
                 "columns": {f"{group}/{mode}": results[(group, mode)] for group, mode in columns()}}
         Path(args.json).write_text(backtest.report_json(data))
     return 0

@@ -3,7 +3,8 @@
 Parts:
     clock.VirtualClock       now() / sleep() / advance_to(); sleeping never blocks.
     market.RecordedMarket    replay of PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz files.
-    market.SyntheticMarket   seeded random walk (volatility 0 = a quiet, flat market).
+    market.SyntheticMarket   seeded random walk with jumps (volatility 0 = a quiet, flat market).
+    presets.PRESETS          calm and volatile synthetic markets, figures measured from recordings.
     exchange.Exchange        the engine: orders, matching, positions, fees, uptime metering
                              (its docstring states the fill model).
     api.Api                  every endpoint of the contract with its checks, as one handler.

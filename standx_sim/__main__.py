@@ -1,5 +1,5 @@
 """Command line: ``python -m standx_sim serve ...`` runs the simulator over HTTP on 127.0.0.1;
-``python -m standx_sim backtest ...`` runs the daemon on recorded hours in virtual time."""
+``python -m standx_sim backtest ...`` runs the daemon on synthetic or recorded hours in virtual time."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,7 @@ from market_maker import number_argument
 from .clock import WallClock
 
 from .market import Market, RecordedMarket, SyntheticMarket
+from .presets import PRESETS
 from .server import SimServer
 from .simulator import Simulator
 
@@ -43,12 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=serve_command)
 
     backtest = commands.add_parser(
-        "backtest", help="run the market maker on recorded hours in virtual time and report its figures",
-        description="Each PREFIX (one recorded hour) is replayed on its own with the real MarketMaker; "
-                    "strategy settings come from the environment and --env-file as for a live run. "
+        "backtest", help="run the market maker on synthetic or recorded hours in virtual time and report its figures",
+        description="Each hour (a seeded hour of a synthetic preset, or a recorded PREFIX) is replayed on its "
+                    "own with the real MarketMaker; strategy settings come from the environment and --env-file "
+                    "as for a live run. Without --market-data it replays a synthetic market, labelled so. "
                     "wall_s and speedup are the only timing-dependent figures.")
-    backtest.add_argument("--market-data", nargs="+", metavar="PREFIX", required=True,
-                          help="recorded hours: PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz each")
+    market = backtest.add_mutually_exclusive_group()
+    market.add_argument("--preset", choices=sorted(PRESETS), default="calm",
+                        help="synthetic market whose figures were measured from recorded StandX hours "
+                             "(default calm; see standx_sim/presets.py)")
+    market.add_argument("--market-data", nargs="+", metavar="PREFIX", default=None,
+                        help="recorded hours instead: PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz each")
+    backtest.add_argument("--hours", type=number_argument(int, inclusive=False), default=None,
+                          help="synthetic hours to run, each with its own seed (default 1)")
+    backtest.add_argument("--seed", type=int, default=None,
+                          help="seed of the first synthetic hour; the next ones take the following seeds (default 0)")
     backtest.add_argument("--latency-ms", type=number_argument(float), default=150.0,
                           help="round-trip latency of every request, on the virtual clock (default 150)")
     backtest.add_argument("--requote", choices=("replace", "cancel_first"), default=None,

@@ -1,6 +1,8 @@
-"""Backtest: the real MarketMaker against recorded StandX hours, in virtual time.
+"""Backtest: the real MarketMaker against recorded or synthetic StandX hours, in virtual time.
 
-Each recorded hour (a data PREFIX) runs on its own: a fresh VirtualClock at the data's first
+An hour is a recorded data PREFIX or a SyntheticHour, one seeded hour of a preset's synthetic
+market (presets.py: figures measured from recorded hours; what a fresh clone, which has no
+recordings, replays). Each hour runs on its own: a fresh VirtualClock at the data's first
 book, a fresh Simulator replaying that hour, the daemon's StandXAuth on a requests Session whose
 ``http://standx.sim`` prefix is served in-process (signing, JSON and error handling run for
 real; every request pays the modelled latency on the virtual clock), and
@@ -26,6 +28,9 @@ Report keys (per hour and in total):
     wall_s, speedup      wall-clock seconds, and sim_seconds per wall second
     exit_code            the daemon's exit code (0 = clean stop); total: the worst
 
+The report's settings.market, also the first line printed, says what was replayed: a synthetic
+preset (named as such, and never to be taken for a recording) or the recorded prefixes.
+
 Same inputs, same report: only ``wall_s`` and ``speedup`` depend on timing; every other field
 is byte-identical across runs (the daemon's Ed25519 key and request ids are random, but they
 only travel inside signatures, never into time or figures).
@@ -42,7 +47,7 @@ import sys
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import requests
 from dotenv import dotenv_values
@@ -53,12 +58,14 @@ from standx_auth import StandXAuth
 from .clock import VirtualClock
 from .exchange import SymbolSpec
 from .figures import run_figures
-from .market import RecordedMarket
+from .market import Market, RecordedMarket
+from .presets import PRESETS
 from .simulator import Simulator
 
 SIM_URL = "http://standx.sim"
 RUN_ID = "bt0001"
 HOUR_S = 3600
+SYNTHETIC_START_TS = 1_767_657_600.0  # 2026-01-06 00:00 UTC, where seed 0's synthetic hour starts
 SNAPSHOTS_PER_HOUR = 120
 SNAPSHOT_SIDE_CAP = Decimal(2)  # BTC-USD: each side counts up to 2 BTC
 SIZE_DIVISOR = Decimal(2)  # Maker Hours are measured in units of 2 BTC
@@ -138,7 +145,7 @@ def backtest_environment(environ: Mapping[str, str], env_file: str | None, requo
 def backtest_config(environ: Mapping[str, str], env_file: str | None = None, requote: str | None = None) -> Config:
     config = load_config(backtest_environment(environ, env_file, requote))
     if config.symbol != SymbolSpec.symbol:
-        raise ConfigError("MARKET_MAKER_SYMBOL", f"the recorded data is {SymbolSpec.symbol} only (got {config.symbol})")
+        raise ConfigError("MARKET_MAKER_SYMBOL", f"the backtest's markets are {SymbolSpec.symbol} only (got {config.symbol})")
     return config
 
 
@@ -151,18 +158,41 @@ def check_prefix(prefix: str) -> None:
 # ---- one hour -------------------------------------------------------------------------------
 
 def hour_end(start_ts: float) -> float:
-    """The end of the UTC hour the data starts in (each PREFIX holds one recorded hour)."""
+    """The end of the UTC hour the data starts in (a PREFIX holds one recorded hour, a synthetic
+    hour starts on the hour)."""
     return (math.floor(start_ts / HOUR_S) + 1) * HOUR_S
 
 
-def run_hour(prefix: str, config: Config, latency_ms: float = 150.0, max_seconds: float | None = None) -> dict:
-    """Replay one recorded hour with the daemon; the hour's figures (see the module docstring)."""
-    wall_started = time.perf_counter()
-    check_prefix(prefix)
+class SyntheticHour(NamedTuple):
+    """One hour of a preset's synthetic market. The seed picks the path, and the hour of data
+    time it starts at, so that each seed also has its own snapshot moments."""
+    preset: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"synthetic-{self.preset}-seed{self.seed}"
+
+    def market(self) -> Market:
+        return PRESETS[self.preset].figures.market(self.seed, SYNTHETIC_START_TS + self.seed * HOUR_S)
+
+
+def load_hour(source: str | SyntheticHour) -> tuple[str, Market]:
+    """The name and the market of one hour: a recorded PREFIX or a synthetic hour."""
+    if isinstance(source, SyntheticHour):
+        return source.name, source.market()
+    check_prefix(source)
     try:
-        market = RecordedMarket([prefix])
+        return Path(source).name, RecordedMarket([source])
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot load market data {prefix}: {exc}") from None
+        raise DataError(f"cannot load market data {source}: {exc}") from None
+
+
+def run_hour(source: str | SyntheticHour, config: Config, latency_ms: float = 150.0,
+             max_seconds: float | None = None) -> dict:
+    """Replay one hour with the daemon; the hour's figures (see the module docstring)."""
+    wall_started = time.perf_counter()
+    name, market = load_hour(source)
     start_ts = market.start_ts
     duration_s = hour_end(start_ts) - start_ts
     if max_seconds is not None:
@@ -186,7 +216,7 @@ def run_hour(prefix: str, config: Config, latency_ms: float = 150.0, max_seconds
     wall_s = time.perf_counter() - wall_started
     return {
         **figures,
-        "hour": Path(prefix).name,
+        "hour": name,
         "start_ts": start_ts,
         "exit_code": exit_code,
         "two_sided_s": metrics["two_sided_s"],
@@ -284,22 +314,36 @@ def report_table(data: dict) -> str:
 def run_command(args) -> int:
     """`python -m standx_sim backtest`: exit 0, 1 (a daemon stop was not clean) or 2 (bad input)."""
     logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+    if args.market_data and (args.hours is not None or args.seed is not None):
+        print("standx_sim: --hours and --seed choose synthetic hours; they do not apply to --market-data",
+              file=sys.stderr)
+        return 2
+    sources: list[str | SyntheticHour]
+    if args.market_data:
+        sources = list(args.market_data)
+        market = "recorded: " + ", ".join(Path(prefix).name for prefix in sources)
+    else:
+        preset = PRESETS[args.preset]
+        seed = args.seed or 0
+        sources = [SyntheticHour(preset.name, seed + k) for k in range(args.hours or 1)]
+        market = preset.description()
     try:
         config = backtest_config(os.environ, args.env_file, args.requote)
-        for prefix in args.market_data:
+        for prefix in args.market_data or []:
             check_prefix(prefix)
-        hours = [run_hour(prefix, config, args.latency_ms, args.max_seconds) for prefix in args.market_data]
+        hours = [run_hour(source, config, args.latency_ms, args.max_seconds) for source in sources]
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except DataError as exc:
         print(f"standx_sim: {exc}", file=sys.stderr)
         return 2
-    settings = {"latency_ms": args.latency_ms, "requote": config.requote_mode, "qty": config.qty,
+    settings = {"market": market, "latency_ms": args.latency_ms, "requote": config.requote_mode, "qty": config.qty,
                 "band_bps": [config.band.target_bps, config.band.min_bps, config.band.max_bps],
                 "check_interval_s": config.check_interval_s, "time_in_force": config.time_in_force,
                 "max_seconds": args.max_seconds, "snapshots_per_hour": SNAPSHOTS_PER_HOUR}
     data = report(hours, settings)
+    print(f"market: {market}\n")
     print(report_table(data))
     if args.json:
         Path(args.json).write_text(report_json(data))

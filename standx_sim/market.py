@@ -157,60 +157,99 @@ class RecordedMarket(Market):
         return corrected
 
 
+# What the synthetic market's moves and jumps are, and what presets.measure counts as one: a
+# change of the mid at one book change of at least MOVE_MIN_BPS is a move (smaller ones, under
+# half a dollar, are mostly one side of the book flickering by a few ticks), and of at least
+# JUMP_MIN_BPS a jump (most of the 2.5 bps between a default quote and the 10 bps edge of the
+# reward band, at once; one threshold for every market, so that jump rates compare).
+MOVE_MIN_BPS = 0.05
+JUMP_MIN_BPS = 2.0
+
+
 class SyntheticMarket(Market):
-    """A seeded random walk of the mid, generated lazily in 0.1 s steps, with occasional trades.
+    """A seeded random walk of the mid with jumps and trades, generated lazily event by event.
 
-    Each step multiplies the mid by exp(sigma * N(0, 1)) with sigma = volatility * sqrt(step),
-    draws a spread uniformly in whole ticks between spread_usd[0] and spread_usd[1], and with
-    probability trades_per_s * step prints a trade at the touch (buyer taker at the ask, seller
-    taker at the bid). The same seed always gives the same market. Volatility 0 gives a fully
-    quiet market: a fixed book at the minimum spread and no trades (tests inject what they need).
+    Three independent Poisson processes, merged in time order:
+    - moves, moves_per_s: the mid is multiplied by exp(x bps) with x = ±(min_move_bps + |N(0, s)|),
+      s set so that the moves carry volatility_bps_per_sqrt_s (min_move_bps 0: x = N(0, s)).
+      How often a quote leaves its band depends on the mid moving in rare whole steps, as
+      StandX's does; the default, 10 moves a second, is close to a continuous walk;
+    - jumps, jumps_per_hour: x = ±(JUMP_MIN_BPS + an exponential excess), mean |x| jump_mean_bps;
+    - trades, trades_per_s: a print at the touch (buyer taker at the ask, seller taker at the
+      bid) of a log-normal qty (median trade_size_btc, log sd trade_size_log_sd), at least a lot.
+    Each move or jump redraws the spread uniformly in whole ticks between spread_usd[0] and
+    spread_usd[1] around the mid. The same seed always gives the same market, however it is
+    read. Volatility 0 gives a fully quiet market: a fixed book at the minimum spread and no
+    trades (tests inject what they need). presets.py holds figures measured from recorded hours;
+    the default trade sizes are about the calm preset's.
     """
-
-    STEP_S = 0.1
 
     def __init__(self, seed: int = 0, start_ts: float = 0.0, start_price: Decimal = Decimal("95000"),
                  volatility_bps_per_sqrt_s: float = 0.9,
                  spread_usd: tuple[Decimal, Decimal] = (Decimal("0.1"), Decimal("1")),
                  trades_per_s: float = 0.5, tick: Decimal = Decimal("0.1"),
-                 lot: Decimal = Decimal("0.0001")) -> None:
+                 lot: Decimal = Decimal("0.0001"), *, moves_per_s: float = 10.0, min_move_bps: float = 0.0,
+                 jumps_per_hour: float = 0.0, jump_mean_bps: float = JUMP_MIN_BPS,
+                 trade_size_btc: float = 0.001, trade_size_log_sd: float = 1.7) -> None:
         super().__init__()
-        if volatility_bps_per_sqrt_s < 0:
-            raise ValueError("volatility must be >= 0")
+        if volatility_bps_per_sqrt_s < 0 or moves_per_s <= 0:
+            raise ValueError("volatility must be >= 0 and moves_per_s > 0")
+        mean_square = volatility_bps_per_sqrt_s ** 2 / moves_per_s  # what each move must carry
+        if mean_square < min_move_bps ** 2:
+            raise ValueError("moves of min_move_bps alone carry more than the volatility")
+        if jumps_per_hour > 0 and jump_mean_bps <= JUMP_MIN_BPS:
+            raise ValueError(f"jump_mean_bps must be above {JUMP_MIN_BPS}")
+        # s from mean_square = E[(m + |N(0, s)|)^2] = m^2 + 2 m s h + s^2, h = E|N(0, 1)| = sqrt(2/pi)
+        h = math.sqrt(2 / math.pi)
+        self._move_scale_bps = -min_move_bps * h + math.sqrt(mean_square - min_move_bps ** 2 * (1 - h * h))
         self._rng = random.Random(seed)
-        self._start = float(start_ts)
         self._tick = tick
         self._lot = lot
         self._mid_ticks = float(start_price / tick)  # in ticks, so the book rounds without float noise
-        self._sigma_step = volatility_bps_per_sqrt_s * 1e-4 * math.sqrt(self.STEP_S)
         self._spread_ticks = (int(spread_usd[0] / tick), int(spread_usd[1] / tick))
-        self._trade_p = trades_per_s * self.STEP_S
-        self._steps = 0
-        self._quiet = volatility_bps_per_sqrt_s == 0
-        self._book_ts.append(self._start)
+        self._min_move_bps = min_move_bps
+        self._jump_excess_bps = jump_mean_bps - JUMP_MIN_BPS
+        self._log_trade_lots = math.log(trade_size_btc / float(lot))
+        self._trade_size_log_sd = trade_size_log_sd
+        quiet = volatility_bps_per_sqrt_s == 0
+        # cumulative rates (per s) of the merged process: a move below the first, a jump below
+        # the second, else a trade
+        self._rates = (0.0, 0.0, 0.0) if quiet else (
+            moves_per_s, moves_per_s + jumps_per_hour / 3600, moves_per_s + jumps_per_hour / 3600 + trades_per_s)
+        self._next_ts = float(start_ts) + self._wait()
+        self._book_ts.append(float(start_ts))
         self._books.append(self._book_for(self._spread_ticks[0]))
+
+    def _wait(self) -> float:
+        """Time to the next event; never, in a quiet market."""
+        return self._rng.expovariate(self._rates[-1]) if self._rates[-1] > 0 else math.inf
 
     def _book_for(self, spread_ticks: int) -> tuple[Decimal, Decimal]:
         bid_ticks = math.floor(self._mid_ticks - spread_ticks / 2 + 1e-9)
         return Decimal(bid_ticks) * self._tick, Decimal(bid_ticks + spread_ticks) * self._tick
 
     def _extend_to(self, t: float) -> None:
-        if self._quiet:
-            return
-        while self._start + self._steps * self.STEP_S < t:
-            self._step()
+        while self._next_ts <= t:
+            self._event(self._next_ts)
+            self._next_ts += self._wait()
 
-    def _step(self) -> None:
-        self._steps += 1
-        ts = self._start + self._steps * self.STEP_S
+    def _event(self, ts: float) -> None:
         rng = self._rng
-        self._mid_ticks *= math.exp(self._sigma_step * rng.gauss(0.0, 1.0))
+        moves, moves_and_jumps, total = self._rates
+        kind = rng.random() * total
+        if kind >= moves_and_jumps:
+            side = rng.choice(("buy", "sell"))
+            bid, ask = self._books[-1]
+            lots = max(1, round(math.exp(rng.gauss(self._log_trade_lots, self._trade_size_log_sd))))
+            self._trade_ts.append(ts)
+            self._trades.append((ask if side == "buy" else bid, lots * self._lot, side))
+            return
+        if kind < moves:
+            size_bps = self._min_move_bps + abs(rng.gauss(0.0, self._move_scale_bps))
+        else:
+            size_bps = JUMP_MIN_BPS + rng.expovariate(1 / self._jump_excess_bps)
+        self._mid_ticks *= math.exp(rng.choice((-1, 1)) * size_bps * 1e-4)
         book = self._book_for(rng.randint(*self._spread_ticks))
         if book != self._books[-1]:
             self._book_ts.append(ts)
             self._books.append(book)
-        if rng.random() < self._trade_p:
-            side = rng.choice(("buy", "sell"))
-            price = book[1] if side == "buy" else book[0]
-            self._trade_ts.append(ts)
-            self._trades.append((price, rng.randint(1, 500) * self._lot, side))

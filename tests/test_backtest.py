@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from decimal import Decimal
@@ -148,9 +149,23 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def backtest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "standx_sim", "backtest", *args], cwd=REPO,
+def backtest(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "standx_sim", "backtest", *args], cwd=cwd,
                           env=env or clean_env(), capture_output=True, text=True, timeout=120)
+
+
+def fresh_clone(tmp_path: Path) -> Path:
+    """The project's files as a clone has them (tracked and new, nothing ignored), with no
+    ../shared beside them."""
+    root = tmp_path / "clone"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in listed:
+        if (REPO / name).is_file():  # (a tracked file deleted in the work tree is not)
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    assert not (tmp_path / "shared").exists()
+    return root
 
 
 def without_timing(report: dict) -> dict:
@@ -181,6 +196,36 @@ def test_a_short_backtest_reports_every_figure_and_repeats_exactly(tmp_path):
     assert without_timing(reports[0]) == without_timing(reports[1])
 
 
+def test_a_fresh_clone_backtests_a_synthetic_calm_hour_labelled_so_and_repeats_exactly(tmp_path):
+    clone = fresh_clone(tmp_path)
+    reports = []
+    for run in (1, 2):
+        out = tmp_path / f"out{run}.json"
+        result = backtest("--max-seconds", "60", "--json", str(out), cwd=clone)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("market: synthetic calm market (not a recording)")
+        reports.append(json.loads(out.read_text()))
+    report = reports[0]
+    assert report["settings"]["market"].startswith("synthetic calm market (not a recording)")
+    [hour] = report["hours"]
+    assert hour["hour"] == "synthetic-calm-seed0" and hour["exit_code"] == 0 and hour["uptime_pct"] > 0
+    assert without_timing(reports[0]) == without_timing(reports[1])
+
+
+def test_synthetic_hours_take_consecutive_seeds_from_the_one_given(tmp_path):
+    out = tmp_path / "out.json"
+    result = backtest("--preset", "volatile", "--hours", "2", "--seed", "5", "--max-seconds", "20", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert [h["hour"] for h in json.loads(out.read_text())["hours"]] == ["synthetic-volatile-seed5",
+                                                                         "synthetic-volatile-seed6"]
+
+
+def test_seeds_and_hours_do_not_apply_to_recorded_data():
+    result = backtest("--market-data", str(CALM_HOUR), "--seed", "3")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--seed" in result.stderr
+
+
 def test_a_bad_setting_exits_2_naming_the_variable():
     result = backtest("--market-data", str(CALM_HOUR), env=clean_env(MARKET_MAKER_QTY="lots"))
     assert result.returncode == 2
@@ -203,8 +248,22 @@ def test_the_benchmark_imports_without_running(capsys):
     assert capsys.readouterr() == ("", "")
 
 
-def test_the_benchmark_without_market_data_says_so_and_exits_0(tmp_path):
+def test_the_benchmark_on_a_fresh_clone_runs_both_presets_labelled_synthetic(tmp_path):
+    clone = fresh_clone(tmp_path)
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "bench/uptime.py", "--hours", "1", "--max-seconds", "30",
+                             "--json", str(out)], cwd=clone, env=clean_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Backtest of the market maker on SYNTHETIC markets, not recordings")
+    assert "| synthetic-calm-seed0 " in result.stdout and "| synthetic-volatile-seed0 " in result.stdout
+    report = json.loads(out.read_text())
+    assert report["market"].startswith("SYNTHETIC")
+    assert set(report["columns"]) == {"calm/replace", "calm/cancel_first", "volatile/replace", "volatile/cancel_first"}
+
+
+def test_the_benchmark_asked_for_recordings_that_are_absent_exits_2_naming_the_file(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "uptime.py"), "--data-dir", str(tmp_path / "none")],
                             cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0
-    assert "No recorded market data" in result.stdout
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "none/BTC-USD_2026-01-06_00.bbo.csv.gz" in result.stderr

@@ -1,7 +1,11 @@
-"""Market data sources: recorded replay, the synthetic walk, and the engine's replay speed."""
+"""Market data sources: recorded replay, the synthetic walk and its presets, and the engine's replay speed."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import math
+import subprocess
+import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -9,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from standx_sim import Exchange, RecordedMarket, SyntheticMarket, VirtualClock
+from standx_sim.presets import PRESETS, measure
 
 MARKET_DATA = Path(__file__).resolve().parents[2] / "shared" / "market_data"
 CALM_HOUR = MARKET_DATA / "BTC-USD_2026-01-06_00"
@@ -159,3 +164,34 @@ def test_set_mid_moves_the_whole_book_to_the_given_mid():
     exchange = Exchange(clock, SyntheticMarket(volatility_bps_per_sqrt_s=0, spread_usd=(Decimal("0.2"),) * 2))
     exchange.set_mid(Decimal("90000"))
     assert exchange.book() == (Decimal("89999.9"), Decimal("90000.1"))
+
+
+# ---- the presets ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, hours", [("calm", 24), ("volatile", 6)])
+def test_a_presets_synthetic_market_measures_as_the_preset(name, hours):
+    figures = PRESETS[name].figures
+    measured = measure(figures.market(seed=1, start_ts=0.0), 0.0, hours * 3600.0)
+    expected_jumps = figures.jumps_per_hour * hours
+    for field, value in dataclasses.asdict(figures).items():
+        # jumps are rare (the calm preset has about 64 in 24 h): three standard deviations of a
+        # Poisson count; trade sizes: the lot floor, applied again to sizes measured with it,
+        # moves them by about 7 %
+        tolerance = 3 / math.sqrt(expected_jumps) if field == "jumps_per_hour" else 0.1
+        assert getattr(measured, field) == pytest.approx(value, rel=tolerance), field
+
+
+def test_a_presets_market_is_the_same_for_the_same_seed_and_differs_between_seeds():
+    figures = PRESETS["volatile"].figures
+    a, b, other = (figures.market(seed, start_ts=0.0) for seed in (4, 4, 5))
+    assert a.book_changes_between(0, 600) == b.book_changes_between(0, 600)
+    assert a.trades_between(0, 600) == b.trades_between(0, 600)
+    assert a.book_changes_between(0, 600) != other.book_changes_between(0, 600)
+
+
+@needs_market_data
+def test_the_presets_hold_what_the_measuring_script_finds_in_the_recordings():
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "measure_presets.py"),
+                             "--data-dir", str(MARKET_DATA)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(the same as presets.py)") == len(PRESETS)

@@ -58,12 +58,20 @@ def output(result: subprocess.CompletedProcess) -> str:
 
 
 def alive(pid: int) -> bool:
-    """Running and not a zombie (the daemon's parent, run.sh, has exited: init reaps it)."""
+    """Any thread of the process still running. The daemon's parent, run.sh, has exited, so
+    init reaps it; until then its main thread shows as a zombie while its other threads are
+    still exiting, and only when the last one is gone are its files (its lock) released."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    for task in tasks:
+        try:
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                return True
+        except OSError:
+            continue  # that thread has just gone
+    return False
 
 
 def read_pid(root: Path, name: str) -> int:

@@ -3,9 +3,10 @@
 Every CHECK_INTERVAL the loop reads, in one round trip, the position, the mark price, our
 orders (when one needs confirming or the audit is due) and every 10th loop the balance; then
 (1) closes any position at once with a reduce-only IOC market order, (2) reconciles our
-orders, (3) requotes at once when a side is missing or has drifted out of the band (both
-sides re-centred together). A low balance widens the band. SIGTERM/SIGINT/SIGHUP: finish the
-loop, cancel our orders, confirm, close any position, exit.
+orders, (3) requotes a side at once when its quote is missing or has drifted out of the band
+(the old quote cancelled and seen over before the new one goes out). A low balance widens the
+band. SIGTERM/SIGINT/SIGHUP: finish the loop, cancel our orders, confirm, close any position,
+exit.
 """
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ KNOWN_SETTINGS = frozenset({
     "STANDX_AUTH_BASE_URL", "STANDX_PERPS_BASE_URL", "LOG_LEVEL",
     "ALERT_TELEGRAM_BOT_TOKEN", "ALERT_TELEGRAM_CHAT_ID", "ALERT_WEBHOOK_URL",
 })
-SETTING_PREFIXES = ("MARKET_MAKER_", "STANDX_", "WALLET_", "ALERT_")
+SETTING_PREFIXES = ("MARKET_MAKER_", "STANDX_", "WALLET_", "ALERT_", "LOG_")
 
 
 def check_setting_names(env: Mapping[str, str]) -> None:
@@ -428,6 +429,7 @@ class SymbolRules:
     trading: bool = True
     maker_fee: Decimal | None = None  # a fraction of the notional: 0.0001 = 1 bp
     taker_fee: Decimal | None = None
+    quote_asset: str = "DUSD"  # the currency of prices, margin and fees
 
 
 @dataclass
@@ -498,7 +500,8 @@ class DayTotals:
         return self.pnl - self.fees
 
     def summary(self) -> str:
-        return f"day {self.day}: fills={self.fills} fees={self.fees:.4f} pnl={self.pnl:.4f} net={self.net:.4f}"
+        return (f"day {self.day}: round_trips={self.fills} fees={self.fees:.4f} pnl={self.pnl:.4f} "
+                f"net={self.net:.4f}")
 
 
 def round_trip(qty: Decimal, entry: Decimal, exit_price: Decimal, rules: SymbolRules | None) -> tuple[Decimal, Decimal]:
@@ -577,7 +580,8 @@ def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
                            trading=row.get("enabled") is not False
                            and str(row.get("status", "trading")).lower() == "trading",
                            maker_fee=_optional_limit(row, "maker_fee"),
-                           taker_fee=_optional_limit(row, "taker_fee"))
+                           taker_fee=_optional_limit(row, "taker_fee"),
+                           quote_asset=str(row.get("quote_asset") or "DUSD"))
     except (KeyError, TypeError, ValueError, InvalidOperation):
         raise StandXError(f"symbol info for {symbol} is malformed", 200) from None
 
@@ -738,11 +742,13 @@ class MarketMaker:
         if mark is None or leverage <= 0:
             raise StandXError("margin check: an answer is malformed", 200)
         needed = 2 * self.qty * mark / leverage
+        currency = self.rules.quote_asset if self.rules else ""
         available += held / leverage
         if available < needed:
             raise ConfigError("MARKET_MAKER_QTY",
-                              f"the account cannot carry both quotes: they need {needed:.2f} of margin "
-                              f"at {leverage}x leverage, and {available:.2f} is available")
+                              f"the account cannot carry both quotes: they need {needed:.2f} {currency} "
+                              f"of margin at {leverage}x leverage, and {available:.2f} {currency} is "
+                              "available: deposit more, raise the leverage on StandX, or lower the size")
 
     def _set_rules(self, rules: SymbolRules) -> None:
         """Tick, lot and minimum size; the quote size goes out with exactly the lot's decimals."""
@@ -1421,6 +1427,8 @@ class MarketMaker:
         self.request_stop()
         # The stop gets its own budget, whatever the interrupted loop used of the grace period.
         deadline = self.auth.deadline = self.stop_requested_at + STOP_DEADLINE_S
+        for order in self.orders:
+            order.cancel_sent_at = order.cancel_sent_at or self.clock.monotonic()
         self._cancel_ids([o.cl_ord_id for o in self.orders] + list(self.given_up))
         clean = False
         while self.clock.monotonic() < deadline:

@@ -278,3 +278,8 @@ def test_a_log_file_that_cannot_be_written_is_one_line_exit_2(tmp_path, path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"configuration error: --log-file: cannot write {path} (")
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_misspelt_log_level_name_is_refused_too():
+    with pytest.raises(mm.ConfigError, match="LOG_LEVL: is not a setting of this daemon; did you mean LOG_LEVEL"):
+        mm.load_config({"WALLET_PRIVATE_KEY": KEY, "LOG_LEVL": "DEBUG"})

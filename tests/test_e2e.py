@@ -208,7 +208,7 @@ def test_a_fill_and_its_close_are_logged_with_prices_fees_and_the_days_totals(mo
     run = run_daemon(15, market=flat_market(), monkeypatch=monkeypatch, actions=[(5, sell_into_our_bid)])
     fill = re.search(r"filled: bought 0\.0050 BTC-USD at (\d+\.\d+); closing", run.logs)
     close = re.search(r"position closed: flat again; closed at (\d+\.\d+): price ([-+]\d+\.\d+), fees "
-                      r"(\d+\.\d+), net ([-+]\d+\.\d+); day (\d{4}-\d\d-\d\d): fills=1 ", run.logs)
+                      r"(\d+\.\d+), net ([-+]\d+\.\d+); day (\d{4}-\d\d-\d\d): round_trips=1 ", run.logs)
     assert fill and close, run.logs[-2000:]
     entry = Decimal(fill.group(1))
     exit_price, pnl, fees, net = (Decimal(close.group(i)) for i in (1, 2, 3, 4))
@@ -218,4 +218,4 @@ def test_a_fill_and_its_close_are_logged_with_prices_fees_and_the_days_totals(mo
     assert net == pnl - fees
     metrics = run.metrics()
     assert Decimal(str(metrics["fees"])).quantize(Decimal("0.0001")) == fees  # what the exchange charged
-    assert "day 2026-01-06: fills=1" in run.maker.status_line()
+    assert "day 2026-01-06: round_trips=1" in run.maker.status_line()

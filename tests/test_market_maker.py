@@ -166,7 +166,7 @@ def test_balance_is_read_every_tenth_loop(maker, exchange):
 
 def test_unfunded_account_is_refused_at_start_saying_what_margin_is_missing(exchange):
     exchange.balance = {"balance": "0", "equity": "0"}
-    with pytest.raises(mm.ConfigError, match="need 0.02 of margin at 40x leverage, and 0.00 is available"):
+    with pytest.raises(mm.ConfigError, match="need 0.02 DUSD of margin at 40x leverage, and 0.00 DUSD is available: deposit more"):
         make_maker(exchange)
     assert placed(exchange) == []
 

@@ -81,6 +81,8 @@ PRICE_MAX_AGE_S = 2.0
 # position; one whose status says it filled waits until the fill shows, up to FILL_SHOWS_MAX_S.
 FILL_CHECK_MAX_S = 10.0
 FILL_SHOWS_MAX_S = 60.0
+# The position's and the order's timestamps of one fill may differ by a little on the exchange.
+FILL_TIME_SKEW_S = 0.25
 # A cancel not effective after this long is sent again.
 CANCEL_RETRY_S = 2.0
 # Our orders are tracked locally; the exchange's list is read when an order needs confirming,
@@ -181,7 +183,7 @@ KNOWN_SETTINGS = frozenset({
     "STANDX_AUTH_BASE_URL", "STANDX_PERPS_BASE_URL", "LOG_LEVEL",
     "ALERT_TELEGRAM_BOT_TOKEN", "ALERT_TELEGRAM_CHAT_ID", "ALERT_WEBHOOK_URL",
 })
-SETTING_PREFIXES = ("MARKET_MAKER_", "STANDX_", "WALLET_", "ALERT_", "LOG_")
+SETTING_PREFIXES = ("MARKET_MAKER_", "STANDX_", "WALLET_", "ALERT_")
 
 
 def check_setting_names(env: Mapping[str, str]) -> None:
@@ -377,6 +379,7 @@ class OrderStatus(NamedTuple):
     status: str | None
     fill_qty: Decimal | None = None
     updated_at: float | None = None
+    remark: str = ""  # why, for a rejection
 
     @property
     def over(self) -> bool:
@@ -579,8 +582,8 @@ def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
                                             if row.get("max_open_orders") is not None else None),
                            trading=row.get("enabled") is not False
                            and str(row.get("status", "trading")).lower() == "trading",
-                           maker_fee=_optional_limit(row, "maker_fee"),
-                           taker_fee=_optional_limit(row, "taker_fee"),
+                           maker_fee=_optional_fee(row, "maker_fee"),
+                           taker_fee=_optional_fee(row, "taker_fee"),
                            quote_asset=str(row.get("quote_asset") or "DUSD"))
     except (KeyError, TypeError, ValueError, InvalidOperation):
         raise StandXError(f"symbol info for {symbol} is malformed", 200) from None
@@ -597,6 +600,15 @@ def tick_decimals(value: Any) -> int:
 def _optional_limit(row: Mapping[str, Any], name: str) -> Decimal | None:
     value = row.get(name)
     return None if value is None else wire_decimal(value)
+
+
+def _optional_fee(row: Mapping[str, Any], name: str) -> Decimal | None:
+    """A fee rate, which only the round-trip log line uses: unknown when it cannot be read,
+    never a reason to stop quoting."""
+    try:
+        return _optional_limit(row, name)
+    except ValueError:
+        return None
 
 
 def close_qty(position: Decimal, rules: SymbolRules | None) -> Decimal:
@@ -737,6 +749,9 @@ class MarketMaker:
             available = wire_decimal(next(snapshot[k] for k in ("cross_available", "balance", "equity")
                                           if snapshot.get(k) is not None))
             held = sum((wire_decimal(o["qty"]) * wire_decimal(o["price"]) for o in leftovers), Decimal(0))
+            # A position left by an earlier run is closed at once: its margin comes back too.
+            held += abs(signed_position(api.query_positions(self.auth, self.config.symbol),
+                                        self.config.symbol)) * (mark or 0)
         except (KeyError, TypeError, AttributeError, ValueError, StopIteration):
             raise StandXError("margin check: an answer is malformed", 200) from None
         if mark is None or leverage <= 0:
@@ -1002,7 +1017,7 @@ class MarketMaker:
                 continue
             fill_showed = (self.position_grown_at[check.side] >= check.sent_at
                            or None not in (check.fill_time, self.position_updated_at)
-                           and self.position_updated_at >= check.fill_time)
+                           and self.position_updated_at + FILL_TIME_SKEW_S >= check.fill_time)
             waited_s = now - check.since
             if check.filled and not fill_showed and waited_s >= FILL_SHOWS_MAX_S:
                 log.error("order %s filled but the position has not shown it for %.0f s: quoting "
@@ -1118,6 +1133,11 @@ class MarketMaker:
         kept: list[OurOrder] = []
         for order in self.orders:
             if order.cl_ord_id in visible:
+                if not order.seen and order.side in self.refusals:
+                    # A quote rests again: the refusals are over (a request accepted is not
+                    # enough, matching can still reject it).
+                    del self.refusals[order.side]
+                    self.refused_since = None
                 order.seen = True
                 kept.append(order)
                 self._note_partial_fill(order, visible[order.cl_ord_id])
@@ -1173,8 +1193,15 @@ class MarketMaker:
             order.seen = True  # live after all: it shows in the next list
             return True
         if not order.cancelling:
-            log.info("%s order %s at %s was %s by the exchange", order.side, order.cl_ord_id,
-                     order.price, found.status)
+            log.info("%s order %s at %s was %s by the exchange%s", order.side, order.cl_ord_id,
+                     order.price, found.status, f" ({found.remark})" if found.remark else "")
+        if found.status == "rejected":
+            # Rejected in matching for a lasting reason the exchange names (margin): the side
+            # backs off as for a refused request; a post-only quote that would have crossed, or
+            # a rejection without a reason, is placed again at once.
+            rejection = StandXError(found.remark, 400)
+            if found.remark and is_lasting_refusal(rejection):
+                self._back_off_refused(order.side, rejection)
         self._check_for_fill(order, found)
         return False
 
@@ -1327,9 +1354,6 @@ class MarketMaker:
                 else:
                     log.warning("%s order at %s refused (%s): will re-place next loop",
                                 order.side, order.price, error)
-            else:
-                self.refusals.pop(order.side, None)
-                self.refused_since = None
 
     def _back_off_refused(self, side: str, error: StandXError) -> None:
         """A refusal that will not pass by itself: the side waits (a few tries a minute at
@@ -1341,6 +1365,9 @@ class MarketMaker:
         self.last_refusal = error.message
         log.warning("%s quote refused by the exchange (%s): next %s quote in %.0f s",
                     side, error.message, side, pause_s)
+        if any(o.seen and not o.cancelling for o in self.orders):
+            self.refused_since = None  # a quote of ours rests: not every quote is refused
+            return
         self.refused_since = now if self.refused_since is None else self.refused_since
         if now - self.refused_since >= REFUSED_STOP_S:
             self.exit_code = EXIT_REFUSED
@@ -1371,7 +1398,7 @@ class MarketMaker:
         fill_qty = answer.get("fill_qty")
         return OrderStatus(str(status).lower(), positive_decimal(fill_qty) or
                            (Decimal(0) if fill_qty is not None else None),
-                           exchange_time(answer.get("updated_at")))
+                           exchange_time(answer.get("updated_at")), str(answer.get("remark") or ""))
 
     def _cancel_orders(self, orders: list[OurOrder]) -> bool:
         """Ask to cancel tracked orders, in one request; they stay tracked until seen gone.

@@ -187,6 +187,12 @@ def test_margin_for_both_quotes_is_checked_before_the_first_quote(exchange, avai
             make_maker(exchange)
 
 
+def test_margin_of_a_leftover_position_counts_as_available_since_it_is_closed_at_once(exchange):
+    exchange.position = Decimal("0.005")  # 0.005 x 100 / 40 = 0.0125 of margin comes back
+    exchange.balance = {"balance": "1000", "cross_available": "0.02"}
+    make_maker(exchange)
+
+
 def test_margin_held_by_our_leftovers_counts_as_available(exchange):
     exchange.add_open("sxmmbold1", "buy", "99")  # 0.005 x 99 / 40 = 0.0124 held
     exchange.balance = {"balance": "1000", "cross_available": "0.02"}
@@ -852,7 +858,8 @@ def test_a_lasting_refusal_backs_the_side_off_to_a_few_tries_a_minute(maker, exc
     assert "buy quote refused by the exchange (insufficient margin): next buy quote in 30 s" in caplog.text
     assert maker.alerter  # the "refused" condition is reported each loop (tests/test_alerts.py)
     exchange.heal("new_limit_order")
-    step(maker, 30)
+    step(maker, 30)  # both quotes go out...
+    step(maker)  # ...and are seen resting: the refusals are over
     assert len(exchange.ours()) == 2 and maker.refusals == {} and maker.refused_since is None
 
 

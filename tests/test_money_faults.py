@@ -466,3 +466,25 @@ def test_a_replacement_is_not_priced_off_a_read_that_the_cancel_confirmation_mad
                      actions=[(8, shift(3))], env={"MARKET_MAKER_TIME_IN_FORCE": tif})
     assert run.metrics()["taker_fills"] == 0 and run.max_abs_position == 0
     finish(run)
+
+
+# ---- found by the third review ---------------------------------------------------------------------
+
+def test_quotes_rejected_in_matching_for_margin_back_off_and_stop_with_exit_5(monkeypatch):
+    def broke(run: Run) -> None:
+        run.sim.exchange.set_balance(run.address, Decimal("5"))
+        run.sim.exchange.shift_bps(4)  # both quotes leave the band: their replacements lack margin
+    run = run_daemon(400, market=flat_market(), monkeypatch=monkeypatch, actions=[(10, broke)])
+    assert run.code == mm.EXIT_REFUSED
+    assert "quote refused by the exchange (insufficient margin)" in run.logs
+    assert len(quotes(run, run.t(60), run.t(120))) <= 2 * 3  # a few tries a minute a side, not 240
+    assert_nothing_arrives_late(run)
+
+
+def test_a_round_trip_the_daemon_never_saw_does_not_darken_a_side(monkeypatch):
+    def both_taken_within_one_loop(run: Run) -> None:
+        sell_into_our_bid(run)
+        buy_into_our_ask(run)
+    run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch, actions=[(6.1, both_taken_within_one_loop)])
+    assert quotes(run, run.t(6.1), run.t(10), side="buy") and quotes(run, run.t(6.1), run.t(10), side="sell")
+    finish(run)

@@ -380,6 +380,7 @@ class OrderStatus(NamedTuple):
     fill_qty: Decimal | None = None
     updated_at: float | None = None
     remark: str = ""  # why, for a rejection
+    avg_price: Decimal | None = None  # the average fill price
 
     @property
     def over(self) -> bool:
@@ -503,6 +504,8 @@ class DayTotals:
         return self.pnl - self.fees
 
     def summary(self) -> str:
+        if not self.day:
+            return "day: no round trip yet"
         return (f"day {self.day}: round_trips={self.fills} fees={self.fees:.4f} pnl={self.pnl:.4f} "
                 f"net={self.net:.4f}")
 
@@ -678,13 +681,13 @@ class MarketMaker:
         # Sides whose quotes the exchange refuses: side -> (refusals in a row, next try at), and
         # since when no quote has been accepted (None while quotes are accepted).
         self.refusals: dict[str, tuple[int, float]] = {}
+        self.refused_since: float | None = None
+        self.last_refusal = ""
         # The open position's entry price (from the position read) and the latest close order.
         self.entry_price: Decimal | None = None
         self.opened: tuple[Decimal, Decimal | None] | None = None
         self.close_id: str | None = None
         self.day = DayTotals()
-        self.refused_since: float | None = None
-        self.last_refusal = ""
         self.iteration = 0
         self.last_audit_at = float("-inf")
         self.order_counter = 0
@@ -874,7 +877,7 @@ class MarketMaker:
         if got.get("rules") is not None:
             self._apply_new_rules(got["rules"])
         for key, found in got.items():
-            if key.startswith("fill:") and found is not None:
+            if key.startswith("fill:"):
                 self._note_fill_status(key.removeprefix("fill:"), found)
         position = got["position"]
         if position is None:
@@ -970,7 +973,7 @@ class MarketMaker:
         self.day.fills += 1
         qty, entry = self.opened or (self.position, None)
         self.opened = None
-        closed_at = self._look_up_fill_price(self.close_id) if self.close_id else None
+        closed_at = self._look_up(self.close_id).avg_price if self.close_id else None
         if entry is None or closed_at is None:
             return f"round trip result unknown (fill or close price not shown); {self.day.summary()}"
         pnl, fees = round_trip(qty, entry, closed_at, self.rules)
@@ -983,13 +986,6 @@ class MarketMaker:
         today = time.strftime("%Y-%m-%d", time.gmtime(self.clock.wall()))
         if self.day.day != today:
             self.day = DayTotals(today)
-
-    def _look_up_fill_price(self, cl_ord_id: str) -> Decimal | None:
-        try:
-            answer = api.query_order(self.auth, cl_ord_id=cl_ord_id)
-        except StandXError:
-            return None
-        return positive_decimal(answer.get("fill_avg_price")) if isinstance(answer, dict) else None
 
     # -- orders that may have filled --
 
@@ -1398,7 +1394,8 @@ class MarketMaker:
         fill_qty = answer.get("fill_qty")
         return OrderStatus(str(status).lower(), positive_decimal(fill_qty) or
                            (Decimal(0) if fill_qty is not None else None),
-                           exchange_time(answer.get("updated_at")), str(answer.get("remark") or ""))
+                           exchange_time(answer.get("updated_at")), str(answer.get("remark") or ""),
+                           positive_decimal(answer.get("fill_avg_price")))
 
     def _cancel_orders(self, orders: list[OurOrder]) -> bool:
         """Ask to cancel tracked orders, in one request; they stay tracked until seen gone.
@@ -1530,7 +1527,7 @@ class MarketMaker:
         state = {"updated_at": self.clock.wall(), "pid": os.getpid(), "running": not self.stop_requested,
                  "mode": self.mode, "position": str(self.position), "requotes": self.requotes,
                  "fills": self.fills, "uptime": reward_summary(self.uptime, self._hour_time()),
-                 "day": self.day.summary() if self.day.day else "no round trip yet today"}
+                 "day": self.day.summary()}
         try:
             with open(self.state_path + ".tmp", "w", encoding="utf-8") as handle:
                 json.dump(state, handle)
@@ -1549,7 +1546,7 @@ class MarketMaker:
         return (f"status mode={self.mode} mark={mark} {' '.join(sides)} position={self.position} "
                 f"balance={self.balance} requotes={self.requotes} fills={self.fills} "
                 f"req/s={self.auth.requests_sent / elapsed:.2f} {reward_summary(self.uptime, self._hour_time())} "
-                f"{self.day.summary() if self.day.day else 'day: no round trip yet'}")
+                f"{self.day.summary()}")
 
 
 # ---- command line --------------------------------------------------------------------------

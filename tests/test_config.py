@@ -218,11 +218,16 @@ def test_a_name_outside_our_prefixes_is_left_alone():
     assert mm.load_config(env).qty == Decimal("0.005")
 
 
-def test_cli_typo_in_the_env_file_exits_2_before_any_request(tmp_path):
+def check_env_file(tmp_path: Path, content: bytes) -> tuple[Path, subprocess.CompletedProcess]:
+    """`--check-config` on an env file (owner-readable only) holding `content`."""
     env_file = tmp_path / "account.env"
-    env_file.write_text(f"WALLET_PRIVATE_KEY={KEY}\nMARKET_MAKER_QTYY=0.01\n")
+    env_file.write_bytes(content)
     env_file.chmod(0o600)
-    result = run_cli(tmp_path, "--env-file", str(env_file), "--check-config")
+    return env_file, run_cli(tmp_path, "--env-file", str(env_file), "--check-config")
+
+
+def test_cli_typo_in_the_env_file_exits_2_before_any_request(tmp_path):
+    _, result = check_env_file(tmp_path, f"WALLET_PRIVATE_KEY={KEY}\nMARKET_MAKER_QTYY=0.01\n".encode())
     assert result.returncode == 2
     assert result.stderr.strip() == ("configuration error: MARKET_MAKER_QTYY: is not a setting of this "
                                      "daemon; did you mean MARKET_MAKER_QTY?")
@@ -230,10 +235,8 @@ def test_cli_typo_in_the_env_file_exits_2_before_any_request(tmp_path):
 
 
 def test_an_env_file_line_that_cannot_be_parsed_names_the_file_and_line(tmp_path):
-    env_file = tmp_path / "account.env"
-    env_file.write_text(f"WALLET_PRIVATE_KEY={KEY}\n# the size\nMARKET_MAKER_QTY=\"0.01\nLOG_LEVEL=INFO\n")
-    env_file.chmod(0o600)
-    result = run_cli(tmp_path, "--env-file", str(env_file), "--check-config")
+    env_file, result = check_env_file(
+        tmp_path, f"WALLET_PRIVATE_KEY={KEY}\n# the size\nMARKET_MAKER_QTY=\"0.01\nLOG_LEVEL=INFO\n".encode())
     assert result.returncode == 2
     assert result.stderr.strip() == (f"configuration error: {env_file}, line 3: cannot be parsed "
                                      "(an unbalanced quote?)")
@@ -241,10 +244,8 @@ def test_an_env_file_line_that_cannot_be_parsed_names_the_file_and_line(tmp_path
 
 
 def test_an_env_file_saved_with_a_byte_order_mark_keeps_its_first_setting(tmp_path):
-    env_file = tmp_path / "account.env"
-    env_file.write_bytes(b"\xef\xbb\xbf" + f"WALLET_PRIVATE_KEY={KEY}\nMARKET_MAKER_QTY=0.01\n".encode())
-    env_file.chmod(0o600)
-    result = run_cli(tmp_path, "--env-file", str(env_file), "--check-config")
+    _, result = check_env_file(
+        tmp_path, b"\xef\xbb\xbf" + f"WALLET_PRIVATE_KEY={KEY}\nMARKET_MAKER_QTY=0.01\n".encode())
     assert result.returncode == 0, result.stderr
     assert "qty=0.01" in result.stdout
 

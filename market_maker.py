@@ -26,19 +26,20 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
+from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 from eth_account import Account
 
 import standx_api as api
 from alerts import AlertConfig, AlertConfigError, Alerter, load_alert_config
 from standx_auth import (DEFAULT_AUTH_BASE_URL, DEFAULT_PERPS_BASE_URL, AuthError, Clock,
-                         RateLimitError, SignatureExpiredError, StandXAuth, StandXError,
+                         RateLimitError, RealClock, SignatureExpiredError, StandXAuth, StandXError,
                          UnknownOutcomeError, normalize_private_key, sleep_until)
 
 log = logging.getLogger("market_maker")
@@ -1692,7 +1693,7 @@ def main(argv: list[str] | None = None) -> int:
         load_environment(args.env_file)
         env = dict(os.environ)
         if args.simulate:
-            from standx_sim.simulate import throwaway_key
+            from standx_sim.simulate import throwaway_key  # the simulator only when asked for
             env["WALLET_PRIVATE_KEY"] = throwaway_key()
         config = load_config(env)
         alert_config = load_alert_config(env)
@@ -1820,16 +1821,69 @@ def hold_instance_lock(address: str, symbol: str) -> socket.socket:
 
 
 def simulate(config: Config, args: argparse.Namespace) -> int:
-    """The daemon against a local simulator (imported only here: live runs never load it)."""
-    from standx_sim.simulate import run_simulation
+    """The daemon against a local simulator served on 127.0.0.1 in real time (imported only here:
+    live runs never load it). No account, key or .env is needed: a throwaway wallet logs in."""
+    from standx_sim import SimServer, Simulator
+    from standx_sim.clock import WallClock
+    from standx_sim.simulate import STATUS_EVERY_S, load_market, run_report, summary, write_report
     try:
-        return run_simulation(config, args.market_data, args.duration, args.report_json)
+        market = load_market(args.market_data)
     except FileNotFoundError as exc:
         print(f"market data not found: {exc.filename}", file=sys.stderr)
         return EXIT_CONFIG
     except ValueError as exc:
         print(f"cannot load market data: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    sim = Simulator(WallClock(), market, meter_qty=config.qty)
+    listed = sim.exchange.spec.symbol
+    if config.symbol != listed:
+        print(f"the simulator lists only {listed}: set MARKET_MAKER_SYMBOL={listed} to simulate "
+              f"(got {config.symbol})", file=sys.stderr)
+        return EXIT_CONFIG
+    server = SimServer(sim)
+    url = server.start()
+    config = replace(config, auth_base_url=url, perps_base_url=url)
+    auth = StandXAuth(config.private_key, auth_base_url=url, perps_base_url=url, clock=RealClock())
+    maker = MarketMaker(config, auth)
+    maker.status_every_s = STATUS_EVERY_S  # something to watch
+    install_signal_handlers(maker)
+    log.info("simulator at %s; %s", url, describe(config))
+    started = time.monotonic()
+    try:
+        code = maker.run(duration_s=args.duration)
+        report = run_report(sim, auth.address, maker.requotes, time.monotonic() - started)
+    finally:
+        server.stop()
+    write_report(report, args.report_json)
+    print(summary(report))
+    print(f"report written to {args.report_json}")
+    return code
+
+
+def replay_config(environ: Mapping[str, str], env_file: str | None, requote: str | None, base_url: str,
+                  private_key: str) -> Config:
+    """The settings for a replay in the simulator: the env file fills in, the environment wins,
+    then the wallet key and both base URLs are forced to the simulator's and `requote` (when
+    given) overrides MARKET_MAKER_REQUOTE. Raises ConfigError as load_config does."""
+    env: dict[str, str] = {}
+    if env_file is not None:
+        if not os.path.isfile(env_file):
+            raise ConfigError("--env-file", f"no such file: {env_file}")
+        env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    env.update(environ)
+    env.update({"STANDX_AUTH_BASE_URL": base_url, "STANDX_PERPS_BASE_URL": base_url,
+                "WALLET_PRIVATE_KEY": private_key})
+    if requote is not None:
+        env["MARKET_MAKER_REQUOTE"] = requote
+    return load_config(env)
+
+
+def daemon_on(config: Config, session: Any, clock: Clock, run_id: str | None = None) -> tuple[MarketMaker, str]:
+    """The daemon on a given HTTP session and clock, as the simulator's replay runs it: the daemon
+    and its wallet address. Bind `config` (functools.partial) to hand it to standx_sim.backtest."""
+    auth = StandXAuth(config.private_key, auth_base_url=config.auth_base_url,
+                      perps_base_url=config.perps_base_url, clock=clock, session=session)
+    return MarketMaker(config, auth, clock=clock, run_id=run_id), auth.address
 
 
 def run_cli() -> int:

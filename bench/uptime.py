@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,11 +97,12 @@ def detail_rows(results: dict[tuple[str, str], dict]) -> list[tuple[str, list]]:
 def run_task(source, config, latency_ms: float, max_seconds: float | None) -> dict | str:
     """One hour (a recorded prefix or a backtest.SyntheticHour) in a worker: its figures, or the
     one-line configuration error it hit."""
-    from market_maker import ConfigError
+    import market_maker as mm
     from standx_sim import backtest
     try:
-        return backtest.run_hour(source, config, latency_ms, max_seconds)
-    except ConfigError as exc:  # (it does not survive pickling back to the parent)
+        return backtest.run_hour(source, partial(mm.daemon_on, config, run_id=backtest.RUN_ID), config.qty,
+                                 latency_ms, max_seconds)
+    except mm.ConfigError as exc:  # (it does not survive pickling back to the parent)
         return f"configuration error: {exc}"
 
 
@@ -108,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from market_maker import ConfigError
+    from market_maker import ConfigError, replay_config
     from standx_sim import backtest
     from standx_sim.presets import PRESETS
 
     try:
-        configs = {mode: backtest.backtest_config(os.environ, args.env_file, mode) for mode in MODES}
+        configs = {mode: replay_config(os.environ, args.env_file, mode, backtest.SIM_URL,
+                                       backtest.throwaway_private_key()) for mode in MODES}
         if args.data_dir is None:
             seed, hours = args.seed or 0, args.hours or HOURS
             sources = {group: [backtest.SyntheticHour(group, seed + k) for k in range(hours)] for group in GROUPS}

@@ -1,17 +1,25 @@
 """Command line: ``python -m standx_sim serve ...`` runs the simulator over HTTP on 127.0.0.1;
-``python -m standx_sim backtest ...`` runs the daemon on synthetic or recorded hours in virtual time."""
+``python -m standx_sim backtest ...`` runs the daemon on synthetic or recorded hours in virtual time.
+
+This entry point is the one place in standx_sim that knows the daemon: the backtest command
+composes market_maker's daemon with the replay in backtest.py (serve never loads the daemon's
+strategy; it borrows only the command line's number parser)."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from decimal import Decimal
+from functools import partial
+from pathlib import Path
 
 from market_maker import number_argument
 from .clock import WallClock
 
+from .exchange import SymbolSpec
 from .market import Market, RecordedMarket, SyntheticMarket
 from .presets import PRESETS
 from .server import SimServer
@@ -74,8 +82,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def backtest_command(args: argparse.Namespace) -> int:
-    from .backtest import run_command  # imports the daemon; serve does not need it
-    return run_command(args)
+    """`python -m standx_sim backtest`: exit 0, 1 (a daemon stop was not clean) or 2 (bad input)."""
+    import market_maker as mm  # the daemon, only for this command
+    from . import backtest as bt
+    logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+    if args.market_data and (args.hours is not None or args.seed is not None):
+        print("standx_sim: --hours and --seed choose synthetic hours; they do not apply to --market-data",
+              file=sys.stderr)
+        return 2
+    sources: list[str | bt.SyntheticHour]
+    if args.market_data:
+        sources = list(args.market_data)
+        market = "recorded: " + ", ".join(Path(prefix).name for prefix in sources)
+    else:
+        preset = PRESETS[args.preset]
+        seed = args.seed or 0
+        sources = [bt.SyntheticHour(preset.name, seed + k) for k in range(args.hours or 1)]
+        market = preset.description()
+    try:
+        config = mm.replay_config(os.environ, args.env_file, args.requote, bt.SIM_URL, bt.throwaway_private_key())
+        if config.symbol != SymbolSpec.symbol:
+            raise mm.ConfigError("MARKET_MAKER_SYMBOL", f"the backtest's markets are {SymbolSpec.symbol} only "
+                                                        f"(got {config.symbol})")
+        for prefix in args.market_data or []:
+            bt.check_prefix(prefix)
+        daemon = partial(mm.daemon_on, config, run_id=bt.RUN_ID)
+        hours = [bt.run_hour(source, daemon, config.qty, args.latency_ms, args.max_seconds) for source in sources]
+    except mm.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except bt.DataError as exc:
+        print(f"standx_sim: {exc}", file=sys.stderr)
+        return 2
+    settings = {"market": market, "latency_ms": args.latency_ms, "requote": config.requote_mode, "qty": config.qty,
+                "band_bps": [config.band.target_bps, config.band.min_bps, config.band.max_bps],
+                "check_interval_s": config.check_interval_s, "time_in_force": config.time_in_force,
+                "max_seconds": args.max_seconds, "snapshots_per_hour": bt.SNAPSHOTS_PER_HOUR}
+    data = bt.report(hours, settings)
+    print(f"market: {market}\n")
+    print(bt.report_table(data))
+    if args.json:
+        Path(args.json).write_text(bt.report_json(data))
+    return 1 if data["total"]["exit_code"] else 0
 
 
 def _market(args: argparse.Namespace, clock: WallClock) -> Market:

@@ -1,14 +1,15 @@
-"""Backtest: the real MarketMaker against recorded or synthetic StandX hours, in virtual time.
+"""Backtest: a daemon against recorded or synthetic StandX hours, in virtual time.
 
 An hour is a recorded data PREFIX or a SyntheticHour, one seeded hour of a preset's synthetic
 market (presets.py: figures measured from recorded hours; what a fresh clone, which has no
 recordings, replays). Each hour runs on its own: a fresh VirtualClock at the data's first
-book, a fresh Simulator replaying that hour, the daemon's StandXAuth on a requests Session whose
-``http://standx.sim`` prefix is served in-process (signing, JSON and error handling run for
-real; every request pays the modelled latency on the virtual clock), and
-``MarketMaker.run(duration_s)`` until the end of the UTC hour (or ``max_seconds``), followed by
-the daemon's own clean stop. The figures come from the simulator (exchange truth), except
-``requotes``, which only the daemon knows.
+book, a fresh Simulator replaying that hour, and the daemon to run, built by the caller's
+DaemonFactory on a requests Session whose ``http://standx.sim`` prefix is served in-process
+(signing, JSON and error handling run for real; every request pays the modelled latency on the
+virtual clock), then ``daemon.run(duration_s)`` until the end of the UTC hour (or
+``max_seconds``), followed by the daemon's own clean stop. This module never imports the daemon:
+the entry points (``python -m standx_sim backtest``, bench/) hand it in. The figures come from
+the simulator (exchange truth), except ``requotes``, which only the daemon knows.
 
 Report keys (per hour and in total):
     uptime_pct           time with a live buy and a live sell, each >= qty and within 10 bps of
@@ -39,24 +40,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import random
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 import requests
-from dotenv import dotenv_values
 
-from market_maker import Config, ConfigError, MarketMaker, load_config
-from standx_auth import StandXAuth
-
-from .clock import VirtualClock
-from .exchange import SymbolSpec
+from .clock import Clock, VirtualClock
 from .figures import run_figures
 from .market import Market, RecordedMarket
 from .presets import PRESETS
@@ -74,9 +68,6 @@ TIMING_FIELDS = ("wall_s", "speedup")
 TIMING_NOTE = "wall_s and speedup are the only timing-dependent fields; all others are identical for the same inputs"
 DECIMALS = 6
 
-# Strategy settings come from the live variables; these are always replaced.
-FORCED_URLS = {"STANDX_AUTH_BASE_URL": SIM_URL, "STANDX_PERPS_BASE_URL": SIM_URL}
-
 FIGURES = ("uptime_pct", "maker_hours", "boosted_hours", "fills", "fills_per_hour", "taker_fills",
            "orders_placed", "requotes", "requests", "requests_per_s", "pnl", "fees",
            "max_orders_per_side", "sim_seconds", "wall_s", "speedup", "exit_code")
@@ -84,6 +75,19 @@ FIGURES = ("uptime_pct", "maker_hours", "boosted_hours", "fills", "fills_per_hou
 
 class DataError(Exception):
     """A market data prefix that cannot be replayed (missing or malformed files)."""
+
+
+class Daemon(Protocol):
+    """What the backtest runs: a daemon that quotes until duration_s has passed on its clock,
+    stops cleanly and answers its exit code, and counts its requotes."""
+    requotes: int
+
+    def run(self, duration_s: float | None = None) -> int: ...
+
+
+# Builds the daemon to replay on this requests Session (its base URLs at SIM_URL) and clock:
+# the daemon and the wallet address it logs in with.
+DaemonFactory = Callable[[requests.Session, Clock], tuple[Daemon, str]]
 
 
 # ---- scoring (pure) -------------------------------------------------------------------------
@@ -126,29 +130,6 @@ def throwaway_private_key() -> str:
     return hashlib.sha256(b"standx_sim backtest throwaway wallet").hexdigest()
 
 
-def backtest_environment(environ: Mapping[str, str], env_file: str | None, requote: str | None) -> dict[str, str]:
-    """The live variables for a backtest: the env file fills in, the environment wins, then the
-    wallet key and base URLs are forced to the simulator's and --requote overrides."""
-    env: dict[str, str] = {}
-    if env_file is not None:
-        if not os.path.isfile(env_file):
-            raise ConfigError("--env-file", f"no such file: {env_file}")
-        env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    env.update(environ)
-    env.update(FORCED_URLS)
-    env["WALLET_PRIVATE_KEY"] = throwaway_private_key()
-    if requote is not None:
-        env["MARKET_MAKER_REQUOTE"] = requote
-    return env
-
-
-def backtest_config(environ: Mapping[str, str], env_file: str | None = None, requote: str | None = None) -> Config:
-    config = load_config(backtest_environment(environ, env_file, requote))
-    if config.symbol != SymbolSpec.symbol:
-        raise ConfigError("MARKET_MAKER_SYMBOL", f"the backtest's markets are {SymbolSpec.symbol} only (got {config.symbol})")
-    return config
-
-
 def check_prefix(prefix: str) -> None:
     for suffix in (".bbo.csv.gz", ".trades.csv.gz"):
         if not os.path.isfile(prefix + suffix):
@@ -188,9 +169,10 @@ def load_hour(source: str | SyntheticHour) -> tuple[str, Market]:
         raise DataError(f"cannot load market data {source}: {exc}") from None
 
 
-def run_hour(source: str | SyntheticHour, config: Config, latency_ms: float = 150.0,
+def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Decimal, latency_ms: float = 150.0,
              max_seconds: float | None = None) -> dict:
-    """Replay one hour with the daemon; the hour's figures (see the module docstring)."""
+    """Replay one hour with the daemon the factory builds; the hour's figures (see the module
+    docstring). meter_qty: the smallest quote that counts for uptime (the daemon's order size)."""
     wall_started = time.perf_counter()
     name, market = load_hour(source)
     start_ts = market.start_ts
@@ -198,21 +180,19 @@ def run_hour(source: str | SyntheticHour, config: Config, latency_ms: float = 15
     if max_seconds is not None:
         duration_s = min(duration_s, max_seconds)
     clock = VirtualClock(start_ts)
-    sim = Simulator(clock, market=market, meter_qty=config.qty)
+    sim = Simulator(clock, market=market, meter_qty=meter_qty)
     sim.exchange.schedule_snapshots(snapshot_times(start_ts, duration_s))
 
     session = requests.Session()
     session.trust_env = False  # no proxy or netrc look-ups per request: half the wall time
     session.mount(SIM_URL, sim.adapter(latency_s=latency_ms / 1000))
-    auth = StandXAuth(config.private_key, auth_base_url=config.auth_base_url,
-                      perps_base_url=config.perps_base_url, clock=clock, session=session)
-    maker = MarketMaker(config, auth, clock=clock, run_id=RUN_ID)
+    maker, address = daemon(session, clock)
     exit_code = maker.run(duration_s=duration_s)
 
-    metrics = sim.exchange.metrics(auth.address)
-    snapshots = sim.exchange.snapshot_values(auth.address)
+    metrics = sim.exchange.metrics(address)
+    snapshots = sim.exchange.snapshot_values(address)
     sim_seconds = clock.now() - start_ts
-    figures = run_figures(sim, maker, auth.address, sim_seconds)
+    figures = run_figures(sim, address, sim_seconds, maker.requotes)
     wall_s = time.perf_counter() - wall_started
     return {
         **figures,
@@ -307,44 +287,3 @@ def report_table(data: dict) -> str:
     columns = data["hours"] + ([data["total"]] if len(data["hours"]) > 1 else [])
     header = ["figure"] + [h["hour"] for h in data["hours"]] + (["total"] if len(data["hours"]) > 1 else [])
     return table([(key, [c[key] for c in columns]) for key in FIGURES], header)
-
-
-# ---- command line ---------------------------------------------------------------------------
-
-def run_command(args) -> int:
-    """`python -m standx_sim backtest`: exit 0, 1 (a daemon stop was not clean) or 2 (bad input)."""
-    logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
-    if args.market_data and (args.hours is not None or args.seed is not None):
-        print("standx_sim: --hours and --seed choose synthetic hours; they do not apply to --market-data",
-              file=sys.stderr)
-        return 2
-    sources: list[str | SyntheticHour]
-    if args.market_data:
-        sources = list(args.market_data)
-        market = "recorded: " + ", ".join(Path(prefix).name for prefix in sources)
-    else:
-        preset = PRESETS[args.preset]
-        seed = args.seed or 0
-        sources = [SyntheticHour(preset.name, seed + k) for k in range(args.hours or 1)]
-        market = preset.description()
-    try:
-        config = backtest_config(os.environ, args.env_file, args.requote)
-        for prefix in args.market_data or []:
-            check_prefix(prefix)
-        hours = [run_hour(source, config, args.latency_ms, args.max_seconds) for source in sources]
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    except DataError as exc:
-        print(f"standx_sim: {exc}", file=sys.stderr)
-        return 2
-    settings = {"market": market, "latency_ms": args.latency_ms, "requote": config.requote_mode, "qty": config.qty,
-                "band_bps": [config.band.target_bps, config.band.min_bps, config.band.max_bps],
-                "check_interval_s": config.check_interval_s, "time_in_force": config.time_in_force,
-                "max_seconds": args.max_seconds, "snapshots_per_hour": SNAPSHOTS_PER_HOUR}
-    data = report(hours, settings)
-    print(f"market: {market}\n")
-    print(report_table(data))
-    if args.json:
-        Path(args.json).write_text(report_json(data))
-    return 1 if data["total"]["exit_code"] else 0

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from market_maker import MarketMaker
-
 from .simulator import Simulator
 
 
-def run_figures(sim: Simulator, maker: MarketMaker, address: str, sim_seconds: float) -> dict[str, Any]:
+def run_figures(sim: Simulator, address: str, sim_seconds: float, requotes: int) -> dict[str, Any]:
     """Uptime (time-weighted, from the login), fills of our quotes (maker) and of our closing
     orders (taker), orders, requotes, every request the simulator answered, PnL before fees
-    (realized + unrealized), fees, and the most orders of ours resting on one side."""
+    (realized + unrealized), fees, and the most orders of ours resting on one side. `requotes`
+    is the daemon's own count: only it knows why it replaced an order."""
     metrics = sim.exchange.metrics(address)
     metered_s = metrics["elapsed_s"]
     requests = sum(sim.api.request_counts.values())
@@ -21,7 +20,7 @@ def run_figures(sim: Simulator, maker: MarketMaker, address: str, sim_seconds: f
         "fills": metrics["maker_fills"],
         "taker_fills": metrics["taker_fills"],
         "orders_placed": metrics["orders_placed"],
-        "requotes": maker.requotes,
+        "requotes": requotes,
         "requests": requests,
         "requests_per_s": requests / sim_seconds if sim_seconds > 0 else 0.0,
         "pnl": metrics["realized_pnl"] + metrics["upnl"],

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from standx_sim.backtest import (backtest_environment, is_boosted, maker_hours, snapshot_times,
-                                 throwaway_private_key)
+from market_maker import replay_config
+from standx_sim.backtest import SIM_URL, is_boosted, maker_hours, snapshot_times, throwaway_private_key
 from tests.sim_helpers import START_TS, flat_sim, in_process_client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,12 +132,12 @@ def test_the_environment_wins_over_the_env_file_and_the_simulator_is_forced(tmp_
     env_file = tmp_path / "bt.env"
     env_file.write_text("MARKET_MAKER_QTY=0.002\nMARKET_MAKER_TARGET_BPS=8\n"
                         "STANDX_PERPS_BASE_URL=https://perps.standx.com\nWALLET_PRIVATE_KEY=abc\n")
-    env = backtest_environment({"MARKET_MAKER_QTY": "0.003", "MARKET_MAKER_REQUOTE": "replace"},
-                               str(env_file), "cancel_first")
-    assert env["MARKET_MAKER_QTY"] == "0.003" and env["MARKET_MAKER_TARGET_BPS"] == "8"
-    assert env["STANDX_PERPS_BASE_URL"] == env["STANDX_AUTH_BASE_URL"] == "http://standx.sim"
-    assert env["WALLET_PRIVATE_KEY"] == throwaway_private_key()
-    assert env["MARKET_MAKER_REQUOTE"] == "cancel_first"
+    config = replay_config({"MARKET_MAKER_QTY": "0.003", "MARKET_MAKER_REQUOTE": "replace"},
+                           str(env_file), "cancel_first", SIM_URL, throwaway_private_key())
+    assert config.qty == Decimal("0.003") and config.band.target_bps == Decimal(8)
+    assert config.perps_base_url == config.auth_base_url == "http://standx.sim"
+    assert config.private_key.removeprefix("0x") == throwaway_private_key()
+    assert config.requote_mode == "cancel_first"
 
 
 # ---- the command line -------------------------------------------------------------------------

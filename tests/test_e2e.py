@@ -97,7 +97,7 @@ def test_fill_is_closed_reduce_only_and_the_side_is_placed_again():
     assert sorted(o.side for o in resting(sim, maker)) == ["buy", "sell"]
     assert maker.fills == 1
     # Reports count our quotes filled as fills, our closing orders apart.
-    figures = run_figures(sim, maker, address, 6.0)
+    figures = run_figures(sim, address, 6.0, maker.requotes)
     assert (figures["fills"], figures["taker_fills"]) == (1, 1)
 
 

@@ -1,7 +1,7 @@
 """Benchmark: the market maker on a calm and a volatile market, both requote modes.
 
     python bench/uptime.py [--hours 3] [--seed 0] [--data-dir DIR] [--latency-ms 150] [--json PATH]
-                           [--env-file PATH] [--max-seconds S] [--workers 2]
+                           [--env-file PATH] [--max-seconds S] [--jobs N]
 
 By default it replays synthetic markets, so that it runs on a fresh clone and gives the same
 figures on every machine: the presets calm and volatile of standx_sim/presets.py (seeded random
@@ -13,10 +13,10 @@ DIR/PREFIX.trades.csv.gz each), for example ../shared/market_data; a missing fil
 (exit 2).
 
 Every hour runs with MARKET_MAKER_REQUOTE=replace and =cancel_first, one hour per task on a pool
-of 2 processes; it prints a line naming the market replayed, a markdown table (columns
-calm/replace, calm/cancel_first, volatile/replace, volatile/cancel_first) and the per-hour
-detail. Strategy settings come from the environment (and --env-file) as for a live run.
-wall_s and speedup are the only figures that depend on timing.
+of --jobs processes (default: the core count); it prints a line naming the market replayed, a
+markdown table (columns calm/replace, calm/cancel_first, volatile/replace, volatile/cancel_first)
+and the per-hour detail. Strategy settings come from the environment (and --env-file) as for a
+live run. wall_s and speedup are the only figures that depend on timing.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("calm", "volatile")  # presets of standx_sim/presets.py
 MODES = ("replace", "cancel_first")
-WORKERS = 2
+JOBS = os.cpu_count() or 1
 HOURS = 3
 HOUR_S = 3600
 
@@ -49,12 +49,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON here")
     parser.add_argument("--env-file", metavar="PATH", help="settings file; the environment wins")
     parser.add_argument("--max-seconds", type=float, help="simulate at most this many seconds per hour")
-    parser.add_argument("--workers", type=int, default=WORKERS, help=f"processes (default {WORKERS})")
+    parser.add_argument("--jobs", type=int, default=JOBS, help=f"processes (default: the core count, {JOBS})")
     args = parser.parse_args(argv)
     if args.data_dir is not None and (args.hours is not None or args.seed is not None):
         parser.error("--hours and --seed choose synthetic hours; they do not apply to --data-dir")
     if args.hours is not None and args.hours < 1:
         parser.error("--hours must be at least 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     return args
 
 
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
 
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {(group, mode): [pool.submit(run_task, source, configs[mode], args.latency_ms, args.max_seconds)
                                    for source in sources[group]]
                    for group in GROUPS for mode in MODES}

@@ -5,11 +5,18 @@ Parts:
     market.RecordedMarket    replay of PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz files.
     market.SyntheticMarket   seeded random walk with jumps (volatility 0 = a quiet, flat market).
     presets.PRESETS          calm and volatile synthetic markets, figures measured from recordings.
+    symbols.SYMBOLS          the listed symbols (BTC-USD, ETH-USD, XAU-USD) and their rules
+                             (SymbolSpec); a Simulator trades one of them (symbol=...).
     exchange.Exchange        the engine: orders, matching, positions, fees, uptime metering
-                             (its docstring states the fill model).
+                             (its docstring states the fill model: queue position, partial fills).
+    delays.StandXTiming      when orders and cancels take effect: StandX-like seeded delays with
+                             a tail of seconds, and a few orders rejected in matching.
     api.Api                  every endpoint of the contract with its checks, as one handler.
     faults.Faults            fault rules (5xx, HTML pages, malformed JSON, 429, stalls, slow
                              headers, accept-then-504, dropped connections).
+    ratelimit.RateLimits     StandX's rate limits: a token bucket per account (20 requests at
+                             once, ~22/s) and per client IP (50/s); over them, 429 + Retry-After.
+                             On by default; Simulator(..., rate_limits=None) turns them off.
     transport.InProcessAdapter  a requests adapter calling the handler in-process.
     server.SimServer         the handler over HTTP on 127.0.0.1, plus the control endpoints.
     simulator.Simulator      wires them together; compresses answers (gzip or deflate, as the
@@ -22,8 +29,8 @@ Minimal use:
     session.mount("http://standx.sim", sim.adapter(latency_s=0.05))
     # point STANDX_AUTH_BASE_URL and STANDX_PERPS_BASE_URL at http://standx.sim
 
-Command line: ``python -m standx_sim serve [--port N] [--market-data PREFIX ...] ...`` prints
-``STANDX_SIM_URL=http://127.0.0.1:PORT`` first and serves until SIGINT/SIGTERM.
+Command line: ``python -m standx_sim serve [--port N] [--market-data PREFIX ...] [--no-rate-limits] ...``
+prints ``STANDX_SIM_URL=http://127.0.0.1:PORT`` first and serves until SIGINT/SIGTERM.
 
 Control endpoints (HTTP server only, unauthenticated, JSON; errors are {"code", "message"}):
     GET  /_sim/account?address=0x..  {"address", "balance", "position": {qty, entry_price,
@@ -47,17 +54,22 @@ Control endpoints (HTTP server only, unauthenticated, JSON; errors are {"code", 
     POST /_sim/token_lifetime        {"seconds": 120 | null}: logins from now on get tokens living at
                                       most that long (null: as long as asked)
     POST /_sim/visibility_delay      {"seconds": 4}: orders accepted from now on become visible that
-                                      much later (cancels keep the short delay)
+                                      much later (cancels keep their delays)
     POST /_sim/position_lag          {"seconds": 1.5}: query_positions answers the position as it
                                       was that long ago (at most 300)
+    POST /_sim/symbol_rules          {"price_tick_decimals": 0, "min_order_qty": "0.001", ...}: the
+                                      traded symbol's rules change from now on (any field of
+                                      query_symbol_info but symbol and assets; decimals as strings)
+                                      -> the new query_symbol_info row
 """
 from .clock import VirtualClock
-from .exchange import Exchange, SymbolSpec
+from .exchange import Exchange
 from .faults import Faults
 from .market import Market, RecordedMarket, SyntheticMarket
 from .server import SimServer
 from .simulator import Simulator
+from .symbols import SYMBOLS, SymbolSpec
 from .transport import InProcessAdapter
 
-__all__ = ["VirtualClock", "Exchange", "SymbolSpec", "Faults", "Market", "RecordedMarket", "SyntheticMarket",
-           "SimServer", "Simulator", "InProcessAdapter"]
+__all__ = ["VirtualClock", "Exchange", "SymbolSpec", "SYMBOLS", "Faults", "Market", "RecordedMarket",
+           "SyntheticMarket", "SimServer", "Simulator", "InProcessAdapter"]

@@ -1,4 +1,5 @@
-"""Command line: ``python -m standx_sim serve ...`` runs the simulator over HTTP on 127.0.0.1;
+"""Command line: ``python -m standx_sim serve ...`` runs the simulator over HTTP on 127.0.0.1, with
+StandX's rate limits per account and per client IP unless ``--no-rate-limits``;
 ``python -m standx_sim backtest ...`` runs the daemon on synthetic or recorded hours in virtual time.
 
 This entry point is the one place in standx_sim that knows the daemon: the backtest command
@@ -20,10 +21,12 @@ from market_maker import number_argument
 from .clock import WallClock
 
 from .exchange import SymbolSpec
-from .market import Market, RecordedMarket, SyntheticMarket
+from .market import Market, RecordedMarket
 from .presets import PRESETS
+from .ratelimit import DEFAULT_RATE_LIMITS
 from .server import SimServer
-from .simulator import Simulator
+from .simulator import Simulator, synthetic_market
+from .symbols import SYMBOLS
 
 
 def _balance(text: str) -> Decimal | None:
@@ -41,14 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--latency-ms", type=number_argument(float), default=0.0, help="added latency per request")
     serve.add_argument("--balance", type=_balance, default=Decimal("1000"),
                        help="starting balance of every new account (default 1000; 'none' = unfunded)")
-    serve.add_argument("--visibility-delay-ms", type=number_argument(float), default=200.0,
-                       help="delay before an order or cancel takes effect (default 200)")
+    serve.add_argument("--visibility-delay-ms", type=number_argument(float), default=None,
+                       help="a fixed delay before every order or cancel takes effect (default: StandX-like "
+                            "random delays seeded by --seed: orders median ~200 ms, 5%% over 1 s, 0.5%% over "
+                            "3 s, at most 6 s, and 0.2%% rejected in matching; cancels shorter; see "
+                            "standx_sim/delays.py)")
     serve.add_argument("--volatility-bps", type=number_argument(float), default=0.9,
                        help="synthetic market volatility in bps per sqrt(second) (default 0.9; "
                             "ignored with --market-data)")
-    serve.add_argument("--seed", type=int, default=0, help="seed of the synthetic market and faults")
+    serve.add_argument("--symbol", choices=sorted(SYMBOLS), default="BTC-USD",
+                       help="the symbol traded (default BTC-USD); --market-data must be recordings of it")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the synthetic market, faults and delays")
     serve.add_argument("--meter-qty", type=number_argument(Decimal), default=Decimal("0"),
                        help="minimum order qty that counts for uptime metering")
+    serve.add_argument("--no-rate-limits", action="store_true",
+                       help="answer every request: no 429s for going over StandX's limits (by default 20 "
+                            "requests at once and ~22/s per account, 50/s per client IP)")
     serve.set_defaults(run=serve_command)
 
     backtest = commands.add_parser(
@@ -76,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="settings file; fills in what the environment does not set")
     backtest.add_argument("--max-seconds", type=number_argument(float, inclusive=False), default=None,
                           help="simulate at most this many seconds of each hour")
+    cores = os.cpu_count() or 1
+    backtest.add_argument("--jobs", type=number_argument(int, 1), default=cores,
+                          help=f"hours run at once, each in its own process (default: the core count, {cores}); "
+                               "1 runs them in this process; the figures are the same")
     backtest.add_argument("--verbose", action="store_true", help="show the daemon's INFO log on stderr")
     backtest.set_defaults(run=backtest_command)
     return parser
@@ -107,7 +122,7 @@ def backtest_command(args: argparse.Namespace) -> int:
         for prefix in args.market_data or []:
             bt.check_prefix(prefix)
         daemon = partial(mm.daemon_on, config, run_id=bt.RUN_ID)
-        hours = [bt.run_hour(source, daemon, config.qty, args.latency_ms, args.max_seconds) for source in sources]
+        hours = bt.run_hours(sources, daemon, config.qty, args.latency_ms, args.max_seconds, args.jobs)
     except mm.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -128,7 +143,8 @@ def backtest_command(args: argparse.Namespace) -> int:
 
 def _market(args: argparse.Namespace, clock: WallClock) -> Market:
     if not args.market_data:
-        return SyntheticMarket(seed=args.seed, start_ts=clock.now(), volatility_bps_per_sqrt_s=args.volatility_bps)
+        return synthetic_market(SYMBOLS[args.symbol], args.seed, clock.now(),
+                                volatility_bps_per_sqrt_s=args.volatility_bps)
     return RecordedMarket(args.market_data)
 
 
@@ -142,8 +158,10 @@ def serve_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:  # unreadable or malformed data
         print(f"standx_sim: cannot load market data: {e}", file=sys.stderr)
         return 2
-    sim = Simulator(clock, market, default_balance=args.balance,
-                    visibility_delay_s=args.visibility_delay_ms / 1000, meter_qty=args.meter_qty, seed=args.seed)
+    delay_s = None if args.visibility_delay_ms is None else args.visibility_delay_ms / 1000  # None: random delays
+    sim = Simulator(clock, market, default_balance=args.balance, symbol=args.symbol,
+                    visibility_delay_s=delay_s, meter_qty=args.meter_qty, seed=args.seed,
+                    rate_limits=None if args.no_rate_limits else DEFAULT_RATE_LIMITS)
     server = SimServer(sim, port=args.port, latency_s=args.latency_ms / 1000)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

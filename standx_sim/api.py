@@ -13,7 +13,41 @@ expiresSeconds or max_token_lifetime_s if shorter; signed POSTs must carry a v1 
 by that key and a timestamp within 30 s of the exchange's time.
 
 Quantities show the lot's decimals, or more (up to 8) when a partial fill left them off the lot
-grid. query_positions shows Exchange.reported_position (it can lag fills).
+grid; order and fill prices likewise the tick's, or more for a price on a grid the symbol has
+since left (a rule change). query_positions shows Exchange.reported_position (it can lag fills).
+
+Request shapes follow StandX's documentation (standx_api.md Part 1 and section 4): what it allows
+is accepted, what it forbids is refused (400), and where it is silent the request is accepted and
+a WARNING naming the request and the field is logged here (logger standx_sim.api). So:
+- a body field or query parameter the docs do not list is ignored with a warning; a misspelled
+  required field is then missing, which is refused;
+- cancel_order and query_order need order_id or cl_ord_id; given both, order_id decides, with a
+  warning if the two name different visible orders. cancel_orders given both lists cancels every
+  order either names;
+- a market order's price is ignored with a warning (the order fills at the touch);
+- tp_price / sl_price must be decimal strings on the tick; accepted with a warning (not modelled);
+- query_orders' status "open" (a status StandX's reference lists) selects the resting orders, new
+  and partially_filled; any other value matches the status as it is;
+- query_orders and query_trades: start / end are ISO-8601 times (no offset: UTC) keeping the rows
+  whose created_at lies between them, both inclusive; last_id keeps the ids below it (rows are
+  newest first, so the last id of a page gives the next page); limit is 100 by default, at most
+  500, and is the page_size; total counts the rows every filter keeps before limit cuts the page;
+- created_block / closed_block are made-up block numbers (StandX does not document its own):
+  BLOCKS_PER_S a second of exchange time since BLOCK_EPOCH_TS, when the order was accepted and
+  when it became final (filled, canceled, rejected); closed_block is 0 until then;
+- one symbol is traded (Exchange.spec, its rules as they are now); query_symbol_info lists the
+  catalogue of symbols.py as well. A request naming another listed symbol is refused with
+  "symbol not tradable in this simulation", an unlisted one with "invalid symbol"; reads that
+  filter by symbol (positions, order and trade lists) answer empty for either.
+Not modelled: the TP/SL orders tp_price / sl_price would create; trading several symbols at once;
+the "untriggered" status; the x-session-id header.
+
+Rate limits (ratelimit.py), when on, are checked once a request is counted (request_counts, the
+account's metered requests) and before fault rules or processing: per client IP for every
+request, and per account for a request with a valid token (its address) or a login request (the
+address in its body, or in the sign-in its signedData names). Over a limit the answer is 429
+with Retry-After and the request is not processed; such answers are counted in
+rate_limited_by_ip and rate_limited_by_address.
 """
 from __future__ import annotations
 
@@ -21,6 +55,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 import secrets
 import uuid
@@ -29,6 +64,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from email.utils import formatdate
+from functools import partial
 from typing import Callable
 
 import base58
@@ -38,9 +74,12 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from . import faults as faults_mod
-from .exchange import QTY_DECIMALS_MAX, RESTING, Exchange, Order, RequestError
+from .exchange import QTY_DECIMALS_MAX, RESTING, SIDES, Exchange, Fill, Order, RequestError
+from .clock import Clock
 from .faults import Faults
-from .wire import Response, error_response, json_response
+from .ratelimit import LOCAL_CLIENT, RateLimits, retry_after_s
+from .symbols import SYMBOLS, SymbolSpec
+from .wire import Response, error_response, json_response, rate_limited_response
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +91,30 @@ PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 DIGITS = re.compile(r"[0-9]+")  # str.isdigit() would also pass "²", which int() refuses
 ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 SIGNATURE_HEX = re.compile(r"0x[0-9a-fA-F]{130}")
+TP_SL_FIELDS = ("tp_price", "sl_price")
 ORDER_FIELDS = {"symbol", "side", "order_type", "qty", "time_in_force", "reduce_only", "price", "cl_ord_id",
-                "margin_mode", "leverage"}
+                "margin_mode", "leverage", *TP_SL_FIELDS}
 ORDER_REQUIRED = {"symbol", "side", "order_type", "qty", "time_in_force", "reduce_only"}
 MARGIN_MODES = ("cross", "isolated")
 CL_ORD_ID_MAX = 32
 MONEY_DECIMALS = 8
+NOT_TRADABLE = "symbol not tradable in this simulation"
+OPEN_STATUS = "open"  # query_orders' status filter for every resting status
+BLOCK_EPOCH_TS = 1_735_689_600  # 2025-01-01T00:00:00Z: block 0 of the made-up block numbers
+BLOCKS_PER_S = 10
+# The query parameters StandX's docs list, by path; others are accepted with a warning.
+QUERY_PARAMS: dict[str, frozenset[str]] = {
+    "/v1/offchain/prepare-signin": frozenset({"chain"}),
+    "/v1/offchain/login": frozenset({"chain"}),
+    "/api/query_symbol_info": frozenset({"symbol"}),
+    "/api/query_symbol_price": frozenset({"symbol"}),
+    "/api/query_positions": frozenset({"symbol"}),
+    "/api/query_position_config": frozenset({"symbol"}),
+    "/api/query_order": frozenset({"order_id", "cl_ord_id"}),
+    "/api/query_open_orders": frozenset({"symbol", "limit"}),
+    "/api/query_orders": frozenset({"symbol", "status", "order_type", "start", "end", "last_id", "limit"}),
+    "/api/query_trades": frozenset({"symbol", "side", "start", "end", "last_id", "limit"}),
+}
 
 PUBLIC, PRIVATE, SIGNED = "public", "private", "signed"
 LOGIN_PATHS = ("/v1/offchain/prepare-signin", "/v1/offchain/login")  # counted by the address in the body
@@ -84,6 +141,7 @@ class Request:
     headers: dict[str, str]  # lowercase names
     body: bytes
     session: LoginSession | None = None
+    path: str = ""  # set by the router, for warnings that name the request
 
 
 # ---- formatting ---------------------------------------------------------------------------
@@ -102,14 +160,40 @@ def money(value: Decimal) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def qty_text(value: Decimal, lot_decimals: int) -> str:
-    """A quantity with the lot's decimals, or with its own if it has more (up to 8), plain notation."""
+def grid_text(value: Decimal, grid_decimals: int) -> str:
+    """A quantity or price with its grid's decimals (lot or tick), or with its own if it has more
+    (up to 8), plain notation."""
     own = -value.normalize().as_tuple().exponent
-    return fixed(value, min(max(lot_decimals, own), QTY_DECIMALS_MAX))
+    return fixed(value, min(max(grid_decimals, own), QTY_DECIMALS_MAX))
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
 def iso_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc(ts).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def block_at(ts: float) -> int:
+    """The made-up block number of an exchange time (see the module docstring)."""
+    return math.floor((ts - BLOCK_EPOCH_TS) * BLOCKS_PER_S)
+
+
+def symbol_row(spec: SymbolSpec) -> dict:
+    """A symbol's row of query_symbol_info."""
+    return {
+        "symbol": spec.symbol, "base_asset": spec.base_asset, "quote_asset": spec.quote_asset,
+        "base_decimals": spec.base_decimals, "quote_decimals": spec.quote_decimals,
+        "price_tick_decimals": spec.price_tick_decimals, "qty_tick_decimals": spec.qty_tick_decimals,
+        "min_order_qty": str(spec.min_order_qty), "max_order_qty": str(spec.max_order_qty),
+        "max_position_size": str(spec.max_position_size), "max_open_orders": str(spec.max_open_orders),
+        "def_leverage": str(spec.def_leverage), "max_leverage": str(spec.max_leverage),
+        "maker_fee": str(spec.maker_fee), "taker_fee": str(spec.taker_fee),
+        "depth_ticks": ",".join(format(spec.tick.scaleb(k), "f") for k in range(3)),
+        "price_cap_ratio": str(spec.price_cap_ratio), "price_floor_ratio": str(spec.price_floor_ratio),
+        "enabled": True, "created_at": "2025-08-01T00:00:00.000000Z", "updated_at": "2025-08-01T00:00:00.000000Z",
+    }
 
 
 def _b64url(data: bytes) -> str:
@@ -132,17 +216,21 @@ def _reject_constant(name: str):
     raise RequestError(400, f"invalid JSON constant {name}")
 
 
-def json_object(body: bytes, allowed: set[str], required: set[str]) -> dict:
-    """The JSON object of a request body, with no unknown and no missing fields."""
+def json_object(body: bytes, allowed: set[str], required: set[str],
+                on_unknown: Callable[[str], None] | None = None) -> dict:
+    """The JSON object of a request body, with no missing field. A field not in `allowed` is
+    refused, or, given on_unknown, passed to it and dropped."""
     try:
         obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise RequestError(400, "invalid request payload: not JSON") from None
     if not isinstance(obj, dict):
         raise RequestError(400, "invalid request payload: expected a JSON object")
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise RequestError(400, f"unknown field: {unknown[0]}")
+    for name in sorted(set(obj) - allowed):
+        if on_unknown is None:
+            raise RequestError(400, f"unknown field: {name}")
+        on_unknown(name)
+        del obj[name]
     missing = sorted(required - set(obj))
     if missing:
         raise RequestError(400, f"missing field: {missing[0]}")
@@ -184,12 +272,53 @@ def query_int(query: dict[str, str], name: str, default: int, maximum: int) -> i
     return int(text)
 
 
+def query_id(query: dict[str, str], name: str) -> int | None:
+    """An order or row id in the query (order_id, last_id), None when absent."""
+    text = query.get(name)
+    if text is None:
+        return None
+    if not DIGITS.fullmatch(text):
+        raise RequestError(400, f"{name} must be an integer")
+    return int(text)
+
+
+def query_time(query: dict[str, str], name: str) -> datetime | None:
+    """An ISO-8601 time in the query (start, end), None when absent; without an offset, UTC."""
+    text = query.get(name)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise RequestError(400, f"{name} must be an ISO-8601 time, e.g. 2026-01-06T00:00:00Z") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def window(rows: list, query: dict[str, str]) -> list:
+    """The rows (newest first, with id and created_at) a list request's start, end and last_id keep."""
+    start, end, last_id = query_time(query, "start"), query_time(query, "end"), query_id(query, "last_id")
+    return [r for r in rows if (last_id is None or r.id < last_id)
+            and (start is None or utc(r.created_at) >= start) and (end is None or utc(r.created_at) <= end)]
+
+
+def status_matches(status: str, wanted: str | None) -> bool:
+    return wanted is None or status == wanted or (wanted == OPEN_STATUS and status in RESTING)
+
+
+def _warn_unlisted(request: Request, kind: str, name: str) -> None:
+    log.warning("%s: %s %r is not in StandX's docs: accepted and ignored", request.path, kind, name)
+
+
 class Api:
     """Serves the StandX endpoints against an Exchange; see the module docstring."""
 
-    def __init__(self, exchange: Exchange, faults: Faults) -> None:
+    def __init__(self, exchange: Exchange, faults: Faults, clock: Clock, rate_limits: RateLimits | None = None) -> None:
         self._exchange = exchange
         self._faults = faults
+        self._clock = clock  # the rate limits run on true time: an injected clock skew must not refill them
+        self._rate_limits = rate_limits  # None: no limits
+        self.rate_limited_by_ip: Counter = Counter()  # 429s of the rate limits (not of fault rules)
+        self.rate_limited_by_address: Counter = Counter()  # lowercase address; requests of no account are not here
         self._signins: dict[str, Signin] = {}
         self._sessions: dict[str, LoginSession] = {}
         self.request_counts: Counter = Counter()  # every request by path, logged in or not
@@ -206,6 +335,7 @@ class Api:
             ("GET", "/api/query_order"): (PRIVATE, self._query_order),
             ("GET", "/api/query_open_orders"): (PRIVATE, self._open_orders),
             ("GET", "/api/query_orders"): (PRIVATE, self._orders),
+            ("GET", "/api/query_trades"): (PRIVATE, self._trades),
             ("POST", "/api/new_order"): (SIGNED, self._new_order),
             ("POST", "/api/cancel_order"): (SIGNED, self._cancel_order),
             ("POST", "/api/cancel_orders"): (SIGNED, self._cancel_orders),
@@ -222,21 +352,28 @@ class Api:
     # ---- dispatch -----------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
-               body: bytes) -> Response:
-        """Answer one HTTP request: (status, response headers, response body). Never raises."""
+               body: bytes, client: str = LOCAL_CLIENT) -> Response:
+        """Answer one HTTP request from the IP address `client`: (status, response headers,
+        response body). Never raises."""
         try:
             status, out_headers, out_body = self._serve(method.upper(), path, query,
-                                                        {k.lower(): v for k, v in headers.items()}, body or b"")
+                                                        {k.lower(): v for k, v in headers.items()}, body or b"",
+                                                        client)
         except Exception:  # a simulator bug must not kill the server or the backtest
             log.exception("internal error serving %s %s", method, path)
             status, out_headers, out_body = error_response(500, "internal server error")
         return status, {**out_headers, "Date": formatdate(self._exchange.exchange_time(), usegmt=True)}, out_body
 
-    def _serve(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> Response:
+    def _serve(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes,
+               client: str) -> Response:
         self.request_counts[path] += 1
         caller = self._session_of(headers)
         if caller is not None and path not in LOGIN_PATHS:
             self._exchange.count_request(caller.address, path)
+        # The gateway refuses before the exchange sees the request, so no fault rule fires on it.
+        refusal = self._rate_limit_refusal(path, caller, body, client)
+        if refusal is not None:
+            return refusal
         fault = self._faults.pick(path)
         if fault is not None and fault.kind not in faults_mod.PROCESSED_KINDS:
             return faults_mod.response_before_processing(fault)
@@ -245,16 +382,52 @@ class Api:
             return faults_mod.response_after_processing(fault, response)
         return response
 
+    def _rate_limit_refusal(self, path: str, caller: LoginSession | None, body: bytes, client: str) -> Response | None:
+        """The 429 answer when the request is over a rate limit (counted), else None."""
+        if self._rate_limits is None:
+            return None
+        address = self._rate_limited_account(path, caller, body)
+        wait_s = self._rate_limits.admit(self._clock.now(), address, client)
+        if wait_s is None:
+            return None
+        self.rate_limited_by_ip[client] += 1
+        if address is not None:
+            self.rate_limited_by_address[address] += 1
+        return rate_limited_response(retry_after_s(wait_s))
+
+    def _rate_limited_account(self, path: str, caller: LoginSession | None, body: bytes) -> str | None:
+        """The lowercase address whose account budget a request spends: a login request's from
+        its body (unchecked: the login itself checks it), any other's from its token; None when
+        there is none (the request counts per IP only)."""
+        if path not in LOGIN_PATHS:
+            return caller.address if caller is not None else None
+        try:
+            obj = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(obj, dict):
+            return None
+        if path == "/v1/offchain/prepare-signin":
+            address = obj.get("address")
+        else:
+            signed_data = obj.get("signedData")
+            signin = self._signins.get(signed_data) if isinstance(signed_data, str) else None
+            address = signin.address if signin is not None else None
+        return address.lower() if isinstance(address, str) and ADDRESS.fullmatch(address) else None
+
     def _route(self, method: str, path: str, request: Request) -> Response:
         route = self._routes.get((method, path))
         if route is None:
             return error_response(405, "method not allowed") if path in self._paths else error_response(404, "not found")
         kind, handler = route
+        request.path = path
         try:
             if kind != PUBLIC:
                 request.session = self._authenticate(request.headers)
             if kind == SIGNED:
                 self._check_body_signature(request)
+            for name in sorted(set(request.query) - QUERY_PARAMS.get(path, frozenset())):
+                _warn_unlisted(request, "query parameter", name)
             return handler(request)
         except RequestError as e:
             return error_response(e.status, e.message)
@@ -306,7 +479,7 @@ class Api:
 
     def _prepare_signin(self, request: Request) -> Response:
         self._require_bsc(request)
-        obj = json_object(request.body, {"address", "requestId"}, {"address", "requestId"})
+        obj = self._body(request, {"address", "requestId"}, {"address", "requestId"})
         address, request_id = obj["address"], obj["requestId"]
         if not isinstance(address, str) or not ADDRESS.fullmatch(address):
             raise RequestError(400, "address must be a 0x-prefixed 20-byte hex address")
@@ -336,7 +509,7 @@ class Api:
 
     def _login(self, request: Request) -> Response:
         self._require_bsc(request)
-        obj = json_object(request.body, {"signature", "signedData", "expiresSeconds"}, {"signature", "signedData"})
+        obj = self._body(request, {"signature", "signedData", "expiresSeconds"}, {"signature", "signedData"})
         signature, signed_data = obj["signature"], obj["signedData"]
         expires_s = obj.get("expiresSeconds", DEFAULT_TOKEN_TTL_S)
         if type(expires_s) is not int or expires_s <= 0:
@@ -376,28 +549,23 @@ class Api:
     def _health(request: Request) -> Response:
         return 200, {"Content-Type": "text/plain"}, b"OK"
 
-    def _symbol_row(self) -> dict:
-        s = self._exchange.spec
-        return {
-            "symbol": s.symbol, "base_asset": s.base_asset, "quote_asset": s.quote_asset,
-            "base_decimals": s.base_decimals, "quote_decimals": s.quote_decimals,
-            "price_tick_decimals": s.price_tick_decimals, "qty_tick_decimals": s.qty_tick_decimals,
-            "min_order_qty": str(s.min_order_qty), "max_order_qty": str(s.max_order_qty),
-            "max_position_size": str(s.max_position_size), "max_open_orders": str(s.max_open_orders),
-            "def_leverage": str(s.def_leverage), "max_leverage": str(s.max_leverage),
-            "maker_fee": str(s.maker_fee), "taker_fee": str(s.taker_fee), "depth_ticks": "0.1,1,10",
-            "price_cap_ratio": str(s.price_cap_ratio), "price_floor_ratio": str(s.price_floor_ratio),
-            "enabled": True, "created_at": "2025-08-01T00:00:00.000000Z", "updated_at": "2025-08-01T00:00:00.000000Z",
-        }
+    def _listed_specs(self) -> list[SymbolSpec]:
+        """Every listed symbol: the traded one first, with its rules as they are now, then the
+        rest of the catalogue."""
+        traded = self._exchange.spec
+        return [traded] + [spec for spec in SYMBOLS.values() if spec.symbol != traded.symbol]
 
     def _symbol_info(self, request: Request) -> Response:
         symbol = request.query.get("symbol")
-        rows = [self._symbol_row()] if symbol in (None, self._exchange.spec.symbol) else []
-        return json_response(200, rows)
+        return json_response(200, [symbol_row(spec) for spec in self._listed_specs() if symbol in (None, spec.symbol)])
 
     def _require_symbol(self, symbol) -> None:
-        if symbol != self._exchange.spec.symbol:
-            raise RequestError(400, "invalid symbol")
+        """A request bound to a symbol must name the one this simulation trades."""
+        if symbol == self._exchange.spec.symbol:
+            return
+        if isinstance(symbol, str) and symbol in SYMBOLS:
+            raise RequestError(400, NOT_TRADABLE)
+        raise RequestError(400, "invalid symbol")
 
     def _symbol_price(self, request: Request) -> Response:
         self._require_symbol(request.query.get("symbol"))
@@ -406,7 +574,7 @@ class Api:
         mid = (book.bid + book.ask) / 2
         return json_response(200, {
             "symbol": ex.spec.symbol, "base": ex.spec.base_asset, "quote": ex.spec.quote_asset,
-            "index_price": fixed(mark, decimals), "mark_price": fixed(mark, decimals),
+            "index_price": fixed(ex.index_price(), decimals), "mark_price": fixed(mark, decimals),
             "last_price": None if last is None else fixed(last, decimals), "mid_price": format(mid, "f"),
             "spread_bid": fixed(book.bid, decimals), "spread_ask": fixed(book.ask, decimals),
             "time": iso_time(ex.exchange_time()),
@@ -423,7 +591,7 @@ class Api:
         mark = ex.mark_price()
         value = abs(pos.qty) * mark
         return json_response(200, [{
-            "id": pos.id, "symbol": ex.spec.symbol, "qty": qty_text(pos.qty, ex.spec.qty_tick_decimals),
+            "id": pos.id, "symbol": ex.spec.symbol, "qty": grid_text(pos.qty, ex.spec.qty_tick_decimals),
             "entry_price": money(pos.entry_price), "entry_value": money(abs(pos.qty) * pos.entry_price),
             "mark_price": fixed(mark, ex.spec.price_tick_decimals), "position_value": money(value),
             "initial_margin": money(value / leverage), "holding_margin": money(value / leverage),
@@ -455,54 +623,91 @@ class Api:
         return {
             "id": order.id, "cl_ord_id": order.cl_ord_id, "symbol": order.symbol, "side": order.side,
             "order_type": order.order_type, "time_in_force": order.time_in_force,
-            "price": fixed(order.price if order.price is not None else Decimal(0), spec.price_tick_decimals),
-            "qty": qty_text(order.qty, spec.qty_tick_decimals),
-            "fill_qty": qty_text(order.fill_qty, spec.qty_tick_decimals),
+            "price": grid_text(order.price if order.price is not None else Decimal(0), spec.price_tick_decimals),
+            "qty": grid_text(order.qty, spec.qty_tick_decimals),
+            "fill_qty": grid_text(order.fill_qty, spec.qty_tick_decimals),
             "fill_avg_price": money(order.fill_avg_price), "status": order.status, "reduce_only": order.reduce_only,
             "leverage": str(order.leverage), "margin_mode": order.margin_mode, "margin": money(Decimal(locked)),
             "avail_locked": money(Decimal(locked)), "position_id": pos.id if pos else 0, "liq_id": 0,
-            "source": "user", "remark": order.remark, "payload": None, "created_block": 0, "closed_block": 0,
+            "source": "user", "remark": order.remark, "payload": None, "created_block": block_at(order.created_at),
+            "closed_block": 0 if order.status in RESTING else block_at(order.updated_at),
             "created_at": iso_time(order.created_at), "updated_at": iso_time(order.updated_at),
             "user": f"bsc_{order.address}",
         }
 
+    def trade_json(self, fill: Fill, address: str) -> dict:
+        spec = self._exchange.spec
+        return {
+            "id": fill.id, "order_id": fill.order_id, "symbol": fill.symbol, "side": fill.side,
+            "price": grid_text(fill.price, spec.price_tick_decimals),
+            "qty": grid_text(fill.qty, spec.qty_tick_decimals),
+            "value": money(fill.value), "fee_qty": money(fill.fee), "fee_asset": fill.fee_asset, "pnl": money(fill.pnl),
+            "created_at": iso_time(fill.created_at), "updated_at": iso_time(fill.created_at), "user": f"bsc_{address}",
+        }
+
+    def _order_reference(self, request: Request, order_id: int | None,
+                         cl_ord_id: str | None) -> tuple[int | None, str | None]:
+        """The one reference that decides which order a request names. StandX asks for at least
+        one of order_id and cl_ord_id; given both, order_id decides, with a warning when the two
+        name different visible orders (pending orders are not compared)."""
+        if order_id is None and cl_ord_id is None:
+            raise RequestError(400, "give order_id or cl_ord_id")
+        if order_id is None or cl_ord_id is None:
+            return order_id, cl_ord_id
+        find = partial(self._exchange.find_order, request.session.address)
+        if find(order_id=order_id) is not find(cl_ord_id=cl_ord_id):
+            log.warning("%s: order_id %s and cl_ord_id %r name different orders; order_id decides",
+                        request.path, order_id, cl_ord_id)
+        return order_id, None
+
     def _query_order(self, request: Request) -> Response:
         q = request.query
-        if ("order_id" in q) == ("cl_ord_id" in q):
-            raise RequestError(400, "give exactly one of order_id and cl_ord_id")
-        if "order_id" in q and not DIGITS.fullmatch(q["order_id"]):
-            raise RequestError(400, "order_id must be an integer")
-        order = self._exchange.find_order(request.session.address,
-                                          order_id=int(q["order_id"]) if "order_id" in q else None,
-                                          cl_ord_id=q.get("cl_ord_id"))
+        order_id, cl_ord_id = self._order_reference(request, query_id(q, "order_id"), q.get("cl_ord_id"))
+        order = self._exchange.find_order(request.session.address, order_id=order_id, cl_ord_id=cl_ord_id)
         if order is None:
             raise RequestError(404, "order not found")
         return json_response(200, self.order_json(order))
 
-    def _page(self, orders: list[Order], request: Request, limit: int) -> Response:
+    def _page(self, rows: list, request: Request, limit: int, row_json: Callable[[object], dict]) -> Response:
+        """The list envelope: the first `limit` rows (none when the request names another symbol);
+        total counts them all."""
         if request.query.get("symbol", self._exchange.spec.symbol) != self._exchange.spec.symbol:
-            orders = []
-        return json_response(200, {"page_size": limit, "result": [self.order_json(o) for o in orders[:limit]],
-                                   "total": len(orders)})
+            rows = []
+        return json_response(200, {"page_size": limit, "result": [row_json(r) for r in rows[:limit]],
+                                   "total": len(rows)})
 
     def _open_orders(self, request: Request) -> Response:
         limit = query_int(request.query, "limit", 500, 1200)
-        return self._page(self._exchange.open_orders(request.session.address), request, limit)
+        return self._page(self._exchange.open_orders(request.session.address), request, limit, self.order_json)
 
     def _orders(self, request: Request) -> Response:
-        limit = query_int(request.query, "limit", 100, 500)
-        orders = self._exchange.orders(request.session.address, request.query.get("status"))
-        order_type = request.query.get("order_type")
-        return self._page([o for o in orders if order_type in (None, o.order_type)], request, limit)
+        q = request.query
+        limit = query_int(q, "limit", 100, 500)
+        status, order_type = q.get("status"), q.get("order_type")
+        rows = [o for o in window(self._exchange.orders(request.session.address), q)
+                if status_matches(o.status, status) and order_type in (None, o.order_type)]
+        return self._page(rows, request, limit, self.order_json)
+
+    def _trades(self, request: Request) -> Response:
+        q, address = request.query, request.session.address
+        limit = query_int(q, "limit", 100, 500)
+        side = choice_field(q, "side", SIDES) if "side" in q else None
+        rows = [f for f in window(self._exchange.trades(address), q) if side in (None, f.side)]
+        return self._page(rows, request, limit, partial(self.trade_json, address=address))
 
     # ---- signed actions -----------------------------------------------------------------
+
+    def _body(self, request: Request, allowed: set[str], required: set[str]) -> dict:
+        """The request's JSON body; a field StandX's docs do not list is ignored with a warning."""
+        return json_object(request.body, allowed, required,
+                           on_unknown=lambda name: _warn_unlisted(request, "body field", name))
 
     def _new_order(self, request: Request) -> Response:
         ex = self._exchange
         spec, address = ex.spec, request.session.address
-        obj = json_object(request.body, ORDER_FIELDS, ORDER_REQUIRED)
+        obj = self._body(request, ORDER_FIELDS, ORDER_REQUIRED)
         self._require_symbol(obj["symbol"])
-        side = choice_field(obj, "side", ("buy", "sell"))
+        side = choice_field(obj, "side", SIDES)
         order_type = choice_field(obj, "order_type", ("limit", "market"))
         tif = choice_field(obj, "time_in_force", ("gtc", "ioc", "alo"))
         if not isinstance(obj["reduce_only"], bool):
@@ -510,7 +715,8 @@ class Api:
         qty = decimal_field(obj, "qty", spec.qty_tick_decimals)
         if not spec.min_order_qty <= qty <= spec.max_order_qty:
             raise RequestError(400, f"qty must be between {spec.min_order_qty} and {spec.max_order_qty}")
-        price = self._order_price(obj, order_type, tif)
+        price = self._order_price(request, obj, order_type, tif)
+        self._check_tp_sl(request, obj)
         cl_ord_id = obj.get("cl_ord_id", uuid.uuid4().hex[:26])
         if not isinstance(cl_ord_id, str) or not 1 <= len(cl_ord_id) <= CL_ORD_ID_MAX:
             raise RequestError(400, f"cl_ord_id must be a string of 1 to {CL_ORD_ID_MAX} characters")
@@ -519,13 +725,13 @@ class Api:
                         reduce_only=obj["reduce_only"], price=price, cl_ord_id=cl_ord_id)
         return _success()
 
-    def _order_price(self, obj: dict, order_type: str, tif: str) -> Decimal | None:
+    def _order_price(self, request: Request, obj: dict, order_type: str, tif: str) -> Decimal | None:
         spec = self._exchange.spec
         if order_type == "market":
-            if "price" in obj:
-                raise RequestError(400, "price is only for limit orders")
             if tif == "alo":
                 raise RequestError(400, "a market order cannot be alo")
+            if "price" in obj:  # "limit only" in the docs, not forbidden: a market order fills at the touch
+                log.warning("%s: price %r of a market order ignored", request.path, obj["price"])
             return None
         if "price" not in obj:
             raise RequestError(400, "missing field: price")
@@ -535,6 +741,15 @@ class Api:
             raise RequestError(400, "price is too far from the mark price")
         return price
 
+    def _check_tp_sl(self, request: Request, obj: dict) -> None:
+        """tp_price / sl_price are documented: checked as prices on the tick, then accepted with a
+        warning, since the simulator does not create the TP/SL orders StandX would after a fill."""
+        for name in TP_SL_FIELDS:
+            if name in obj:
+                decimal_field(obj, name, self._exchange.spec.price_tick_decimals)
+                log.warning("%s: %s %s accepted, but the simulator creates no TP/SL order", request.path, name,
+                            obj[name])
+
     def _check_position_config(self, obj: dict, address: str) -> None:
         leverage, margin_mode = self._exchange.position_config(address)
         if "margin_mode" in obj and obj["margin_mode"] != margin_mode:
@@ -543,39 +758,37 @@ class Api:
             raise RequestError(400, f"leverage does not match the position config ({leverage})")
 
     def _cancel_order(self, request: Request) -> Response:
-        obj = json_object(request.body, {"order_id", "cl_ord_id"}, set())
-        if len(obj) != 1:
-            raise RequestError(400, "give exactly one of order_id and cl_ord_id")
-        if "order_id" in obj:
-            self._exchange.request_cancel(request.session.address, order_id=int_field(obj, "order_id"))
-        else:
-            if not isinstance(obj["cl_ord_id"], str):
-                raise RequestError(400, "cl_ord_id must be a string")
-            self._exchange.request_cancel(request.session.address, cl_ord_id=obj["cl_ord_id"])
+        obj = self._body(request, {"order_id", "cl_ord_id"}, set())
+        order_id = int_field(obj, "order_id") if "order_id" in obj else None
+        cl_ord_id = obj.get("cl_ord_id")
+        if "cl_ord_id" in obj and not isinstance(cl_ord_id, str):
+            raise RequestError(400, "cl_ord_id must be a string")
+        order_id, cl_ord_id = self._order_reference(request, order_id, cl_ord_id)
+        self._exchange.request_cancel(request.session.address, order_id=order_id, cl_ord_id=cl_ord_id)
         return _success()
 
     def _cancel_orders(self, request: Request) -> Response:
-        obj = json_object(request.body, {"order_id_list", "cl_ord_id_list"}, set())
-        if len(obj) != 1:
-            raise RequestError(400, "give exactly one of order_id_list and cl_ord_id_list")
-        (name, values), = obj.items()
-        item_type = int if name == "order_id_list" else str
-        if not isinstance(values, list) or not values or any(type(v) is not item_type for v in values):
-            raise RequestError(400, f"{name} must be a non-empty list of {item_type.__name__}")
-        if name == "order_id_list":
-            self._exchange.request_cancels(request.session.address, order_ids=values)
-        else:
-            self._exchange.request_cancels(request.session.address, cl_ord_ids=values)
+        """Cancel every order either list names (the docs give one list or the other; both is
+        not forbidden)."""
+        obj = self._body(request, {"order_id_list", "cl_ord_id_list"}, set())
+        if not obj:
+            raise RequestError(400, "give order_id_list or cl_ord_id_list")
+        for name, values in obj.items():
+            item_type = int if name == "order_id_list" else str
+            if not isinstance(values, list) or not values or any(type(v) is not item_type for v in values):
+                raise RequestError(400, f"{name} must be a non-empty list of {item_type.__name__}")
+        self._exchange.request_cancels(request.session.address, order_ids=obj.get("order_id_list"),
+                                       cl_ord_ids=obj.get("cl_ord_id_list"))
         return _success()
 
     def _change_leverage(self, request: Request) -> Response:
-        obj = json_object(request.body, {"symbol", "leverage"}, {"symbol", "leverage"})
+        obj = self._body(request, {"symbol", "leverage"}, {"symbol", "leverage"})
         self._require_symbol(obj["symbol"])
         self._exchange.change_leverage(request.session.address, int_field(obj, "leverage"))
         return _success()
 
     def _change_margin_mode(self, request: Request) -> Response:
-        obj = json_object(request.body, {"symbol", "margin_mode"}, {"symbol", "margin_mode"})
+        obj = self._body(request, {"symbol", "margin_mode"}, {"symbol", "margin_mode"})
         self._require_symbol(obj["symbol"])
         self._exchange.change_margin_mode(request.session.address, choice_field(obj, "margin_mode", MARGIN_MODES))
         return _success()

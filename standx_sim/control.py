@@ -2,7 +2,8 @@
 
 Listed in the package docstring. They read and steer the simulator from outside the process:
 account state and metrics, balances, prices, public trades, fills of our resting orders, faults,
-compression, token expiry and lifetime, clock skew, order visibility delay, position lag.
+compression, token expiry and lifetime, clock skew, order visibility delay, position lag, the
+traded symbol's rules.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import logging
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Callable
 
-from .api import iso_time, json_object, money
+from .api import iso_time, json_object, money, symbol_row
 from .exchange import RequestError
+from .symbols import RULE_KINDS
 from .wire import Response, error_response, json_response
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ class Control:
             ("POST", "/_sim/token_lifetime"): self._token_lifetime,
             ("POST", "/_sim/visibility_delay"): self._visibility_delay,
             ("POST", "/_sim/position_lag"): self._position_lag,
+            ("POST", "/_sim/symbol_rules"): self._symbol_rules,
         }
 
     def handle(self, method: str, path: str, query: dict[str, str], body: bytes) -> Response:
@@ -171,6 +174,10 @@ class Control:
 
     def _position_lag(self, query: dict, body: bytes) -> Response:
         return self._seconds(body, self._sim.set_position_lag)
+
+    def _symbol_rules(self, query: dict, body: bytes) -> Response:
+        obj = json_object(body, set(RULE_KINDS), set())
+        return json_response(200, symbol_row(self._sim.set_symbol_rules(**obj)))
 
     @staticmethod
     def _seconds(body: bytes, setter: Callable[[float], None]) -> Response:

@@ -14,31 +14,68 @@ first row. Timestamps the exchange reports (created_at, signature checks, Date h
 ``exchange_time()`` = clock + clock_skew_s.
 
 Fill model:
-- An accepted order stays invisible ("pending") for activation_delay_s (visibility_delay_s
-  unless changed), then activates; a cancel takes effect visibility_delay_s after it was
-  requested (the order can fill meanwhile). A cancel that takes effect while the order is still
-  pending does nothing, as matching does not know the order yet: the order activates later.
+- Timing (delays.py). An accepted order stays invisible ("pending") until it activates; a cancel
+  takes effect some time after it was requested (the order can fill meanwhile). By default
+  (visibility_delay_s None) each order's delay and each cancel's are drawn from StandX-like
+  distributions seeded by `seed` (orders: median about 0.2 s, 5 % over 1 s, 0.5 % over 3 s, at
+  most 6 s; cancels shorter), and 0.2 % of accepted orders are rejected in matching (status
+  "rejected", remark "rejected in matching") when they would have activated. A number
+  visibility_delay_s gives every order and cancel that fixed delay and no such rejections.
+  activation_delay_s, when set (a fault), is the delay of the orders accepted from then on
+  (cancels keep theirs). A cancel that takes effect while the order is still pending does
+  nothing, as matching does not know the order yet: the order activates later.
 - At activation: a market order fills its whole qty at the touch (a buy at the ask, a sell at
   the bid) with the taker fee. A limit order that crosses (buy price >= ask, sell price <= bid)
   is rejected if alo, else fills its whole qty at the touch with the taker fee. A limit order
   that does not cross rests (status "new") if gtc/alo and is cancelled if ioc.
-- A resting order fills in full at its own price with the maker fee as soon as the book reaches
-  it (best ask <= buy price, best bid >= sell price) or a trade prints at or through it from the
-  other side (a seller-taker trade at or below a buy, a buyer-taker trade at or above a sell).
-  No queue position and no partial fills from the market: a touch fills everything. That is
-  optimistic about fills, so inventory risk looks worse than live, never better. Our orders do
-  not change the replayed book, and there is no depth: market orders of any size fill at the
-  touch. Partial fills come only from fill_resting (a test control): the order is then
-  "partially_filled" and keeps resting, live, with the remainder.
+- A resting order fills at its own price with the maker fee. Queue position (queue=True, the
+  default, as StandX matches): the order joins the back of its price level, and queue_ahead,
+  the volume ahead of it, follows the recorded size at the best level (BookTop.bid_qty/ask_qty):
+  - when it starts resting at the best price on its side, ahead = the size there; inside the
+    spread (better than the best), ahead = 0; behind the best (deeper, where quotes 7.5 bps
+    away usually are) the size there is unknown: ahead stays unknown until the level becomes
+    the best on its side, and is then the size recorded at that moment;
+  - while its level is the best, ahead = min(ahead, recorded size): cancels ahead of us shrink
+    it, joiners behind us do not grow it; while the best on its side is worse than its price,
+    nobody else is at its level: ahead = 0;
+  - a trade AT its price by a taker from the other side (a seller-taker print at a buy's price)
+    consumes ahead first, then fills the order with what is left of the trade's qty: less than
+    the remainder is a partial fill (status "partially_filled", the order keeps resting with
+    the remainder). While ahead is unknown such a print does not reach the order: ahead is
+    unknown only while its level has not been the best since it rested (whenever the level is
+    the best, ahead is known), so others at better prices and at its level came first;
+  - a trade THROUGH its price (a seller-taker print below a buy, a buyer-taker print above a
+    sell) took the whole level: it fills all that remains, whatever the print's qty (kept
+    simple; optimistic when the print was small);
+  - the book reaching it (best ask <= buy price, best bid >= sell price) fills all that remains:
+    the level is gone.
+  Our orders do not change the replayed book: two orders of ours at one price each queue
+  against the recorded volume alone, not behind each other. queue=False is the older model for
+  tests of other mechanics: any touch (a reaching book, a print at or through the price) fills
+  the whole remainder. There is no depth: market orders of any size fill at the touch.
+  fill_resting (a test control) fills a given qty of one resting order at once.
 - reduce_only: at activation the qty is capped to the position minus other live reduce-only
   orders on that side, and the order is rejected if nothing is left to reduce; at fill time it is
   capped again to the position (the remainder is cancelled), so it can never flip a position.
 - Margin: a non-reduce-only order needs price * qty / leverage of cross_available at activation,
   else it is rejected ("insufficient margin"). No liquidation, no funding payments.
-- Mark price = (bid + ask) / 2 rounded half-even to the tick; the index price equals the mark.
+- Mark and index prices come from a mark model (mark.py), fed every book change and trade in
+  time order: "standx" (the default) is StandX's formula, a median of three prices around an
+  index that trails the book, recomputed at a 1 s cadence, so in fast moves the mark sits bps
+  away from the book and a quote priced off it can cross; "mid" is the rounded mid, changed at
+  once by every book, with the index equal to the mark. Cadence ticks are engine events: at
+  one instant trades come first, then book changes, then the mark tick, then the engine's events.
 - Positions: signed qty, average entry price, realized PnL on reduction (added to the balance);
   fees are deducted from the balance. reported_position() is what query_positions shows: the
   position as it was position_lag_s ago (0 = now), from a short history of its changes.
+
+Memory. Pending and resting orders are always kept. Final orders (filled, canceled, rejected)
+and fill records are forgotten once older than FINAL_RETENTION_S (an hour of exchange time) or
+beyond the newest FINAL_KEPT of the account, whichever keeps fewer: checked, oldest first, when
+the account closes an order, gets a fill or is asked about, and each goes once, so the cost is
+amortised O(1). A forgotten order answers 404 to
+query_order and to a cancel, is gone from query_orders, and its cl_ord_id can be used again: a
+cl_ord_id is refused as a duplicate only while its order is pending, resting or remembered.
 
 Metering (per account, integrated exactly between events): the time with a live buy and a live
 sell each of remaining qty >= meter_qty and within 10 bps of the mark (inclusive), from the
@@ -59,7 +96,10 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from .clock import Clock
+from .delays import FixedTiming, StandXTiming, Timing
+from .mark import MarkParams, mark_model
 from .market import BookChange, BookTop, Market, Trade
+from .symbols import SymbolSpec  # the symbol's rules; re-exported here, where it used to live
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +112,8 @@ RESTING = (LIVE, PARTIAL)
 PENDING = "pending"  # accepted but not yet visible; never shown through the API
 POSITION_HISTORY_S = 300.0  # how far back reported_position can look (the longest position lag)
 QTY_DECIMALS_MAX = 8  # a fill_resting qty may have up to this many decimals, more than the lot
+FINAL_RETENTION_S = 3600.0  # how long final orders and fill records are remembered (exchange time)
+FINAL_KEPT = 1000  # and at most this many final orders, and this many fill records, per account
 
 
 class RequestError(Exception):
@@ -81,33 +123,6 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-@dataclass(frozen=True)
-class SymbolSpec:
-    """The fields of query_symbol_info for the one simulated symbol."""
-
-    symbol: str = "BTC-USD"
-    base_asset: str = "BTC"
-    quote_asset: str = "DUSD"
-    base_decimals: int = 9
-    quote_decimals: int = 9
-    price_tick_decimals: int = 1
-    qty_tick_decimals: int = 4
-    min_order_qty: Decimal = Decimal("0.0001")
-    max_order_qty: Decimal = Decimal("100")
-    max_position_size: Decimal = Decimal("1000")
-    max_open_orders: int = 100
-    def_leverage: int = 40
-    max_leverage: int = 40
-    maker_fee: Decimal = Decimal("0.0001")
-    taker_fee: Decimal = Decimal("0.0004")
-    price_cap_ratio: Decimal = Decimal("0.3")
-    price_floor_ratio: Decimal = Decimal("0.3")
-
-    @property
-    def tick(self) -> Decimal:
-        return Decimal(1).scaleb(-self.price_tick_decimals)
 
 
 @dataclass
@@ -130,6 +145,8 @@ class Order:
     fill_qty: Decimal = Decimal(0)
     fill_value: Decimal = Decimal(0)  # sum of qty * price over fills, for the average
     remark: str = ""
+    # Resting: the volume ahead of it at its price level; None = unknown (behind the best level).
+    queue_ahead: Decimal | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -138,6 +155,23 @@ class Order:
     @property
     def fill_avg_price(self) -> Decimal:
         return self.fill_value / self.fill_qty if self.fill_qty else Decimal(0)
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One fill of one of our orders, as query_trades reports it."""
+
+    id: int  # exchange-wide, increasing
+    order_id: int
+    symbol: str
+    side: str
+    price: Decimal
+    qty: Decimal
+    value: Decimal  # price * qty
+    fee: Decimal
+    fee_asset: str
+    pnl: Decimal  # realized by this fill
+    created_at: float  # exchange time
 
 
 @dataclass
@@ -164,6 +198,12 @@ class Meter:
     fills: int = 0
     maker_fills: int = 0
     taker_fills: int = 0
+    orders_filled: int = 0  # orders filled completely
+    partial_fills: int = 0  # fill events that left a remainder resting
+    filled_after_partial: int = 0  # the fate of those remainders: filled later,
+    cancelled_after_partial: int = 0  # or cancelled (resting ones are counted in metrics())
+    rejected_in_matching: int = 0
+    alo_rejections: int = 0  # post-only orders that would have crossed
     filled_qty: Decimal = Decimal(0)
     fees: Decimal = Decimal(0)
     requests: Counter = field(default_factory=Counter)
@@ -213,9 +253,11 @@ class Account:
     meter: Meter
     margin_mode: str = "cross"
     position: Position | None = None
-    orders: dict[int, Order] = field(default_factory=dict)  # every order ever accepted, by id
+    orders: dict[int, Order] = field(default_factory=dict)  # pending, resting and remembered final orders, by id
     by_cl_ord_id: dict[str, Order] = field(default_factory=dict)
     live: dict[int, Order] = field(default_factory=dict)  # resting orders only (status in RESTING)
+    fills: deque[Fill] = field(default_factory=deque)  # oldest first
+    closed: deque[Order] = field(default_factory=deque)  # final orders still remembered, oldest first
     # (engine time, copy of the position) after each change, oldest first; see _record_position.
     position_history: deque[tuple[float, Position]] = field(default_factory=deque)
 
@@ -228,21 +270,25 @@ class Exchange:
     """One simulated symbol, many accounts. See the module docstring for the model."""
 
     def __init__(self, clock: Clock, market: Market, *, default_balance: Decimal | None = Decimal("1000"),
-                 visibility_delay_s: float = 0.2, meter_qty: Decimal = Decimal(0),
-                 spec: SymbolSpec = SymbolSpec()) -> None:
+                 visibility_delay_s: float | None = None, meter_qty: Decimal = Decimal(0),
+                 spec: SymbolSpec = SymbolSpec(), queue: bool = True, seed: int = 0, mark: str = "standx",
+                 mark_params: MarkParams | None = None) -> None:
         self.spec = spec
         self.clock_skew_s = 0.0
-        self.activation_delay_s = visibility_delay_s  # for orders accepted from now on
+        self.activation_delay_s: float | None = None  # a fixed delay for orders accepted from now on
         self.position_lag_s = 0.0  # how old the position query_positions reports is
         self._clock = clock
         self._market = market
         self._default_balance = default_balance
-        self._cancel_delay_s = visibility_delay_s
+        self._timing: Timing = StandXTiming(seed) if visibility_delay_s is None else FixedTiming(visibility_delay_s)
+        self._queue = queue
         self._meter_qty = meter_qty
         self._t = clock.now()
         self._data_offset = market.start_ts - self._t
         self._book = market.book_at(market.start_ts)
-        self._mark = self._mark_of(self._book)
+        self._marks = mark_model(mark, spec.tick, mark_params)
+        self._marks.on_book(self._t, self._book.bid, self._book.ask)
+        self._mark = self._marks.mark
         self._last_price: Decimal | None = None
         self._accounts: dict[str, Account] = {}
         self._pending: list[tuple[float, int, str, Order]] = []  # (time, seq, kind, order) heap
@@ -250,6 +296,7 @@ class Exchange:
         self._snapshot_times: list[float] = []  # sorted; those before _snapshots_taken are done
         self._snapshots_taken = 0
         self._order_ids = itertools.count(1)
+        self._fill_ids = itertools.count(1)
         self._position_ids = itertools.count(1)
 
     # ---- time -------------------------------------------------------------------------
@@ -272,9 +319,11 @@ class Exchange:
             t_trade = trades[i].ts - off if i < len(trades) else math.inf
             t_book = books[j].ts - off if j < len(books) else math.inf
             t_engine = self._pending[0][0] if self._pending and self._pending[0][0] <= end else math.inf
+            t_mark = self._marks.next_update()
+            t_mark = t_mark if t_mark <= end else math.inf
             k = self._snapshots_taken
             t_snap = snaps[k] if k < len(snaps) and snaps[k] <= end else math.inf
-            t = min(t_trade, t_book, t_engine, t_snap)
+            t = min(t_trade, t_book, t_mark, t_engine, t_snap)
             if t == math.inf:
                 break
             self._t = min(max(t, self._t), end)  # data-time round trips can be off by a float ulp
@@ -284,6 +333,8 @@ class Exchange:
             elif t_book == t:
                 self._on_book(books[j])
                 j += 1
+            elif t_mark == t:
+                self._on_mark_tick(t)
             elif t_engine == t:
                 _, _, kind, order = heapq.heappop(self._pending)
                 self._on_engine_event(kind, order)
@@ -294,10 +345,16 @@ class Exchange:
     def _stamp(self) -> float:
         return self._t + self.clock_skew_s
 
-    # ---- market -----------------------------------------------------------------------
+    def set_spec(self, spec: SymbolSpec) -> None:
+        """The symbol's rules change from now on (StandX can change a tick or lot at runtime):
+        new orders are checked against them; orders already accepted keep their price and qty."""
+        if spec.symbol != self.spec.symbol:
+            raise ValueError(f"the exchange trades {self.spec.symbol}, not {spec.symbol}")
+        self.advance()  # what happened before the change happened under the old rules
+        self.spec = spec
+        self._marks.set_tick(spec.tick)
 
-    def _mark_of(self, book: BookTop) -> Decimal:
-        return quantize((book.bid + book.ask) / 2, self.spec.price_tick_decimals)
+    # ---- market -----------------------------------------------------------------------
 
     def book(self) -> BookTop:
         self.advance()
@@ -306,6 +363,10 @@ class Exchange:
     def mark_price(self) -> Decimal:
         self.advance()
         return self._mark
+
+    def index_price(self) -> Decimal:
+        self.advance()
+        return self._marks.index
 
     def last_price(self) -> Decimal | None:
         self.advance()
@@ -331,25 +392,76 @@ class Exchange:
         return [o for acct in self._accounts.values() for o in acct.live.values()]
 
     def _on_book(self, change: BookChange) -> None:
-        self._book = BookTop(change.bid, change.ask)
-        old_mark, self._mark = self._mark, self._mark_of(self._book)
+        self._book = BookTop(change.bid, change.ask, change.bid_qty, change.ask_qty)
+        mark_moved = self._marks.on_book(self._t, change.bid, change.ask)
+        self._mark = self._marks.mark
         touched = set()
         for order in self._live_orders():
             if self._book_reaches(order):
                 self._fill(order, order.price, maker=True)
                 touched.add(order.address)
-        if self._mark != old_mark:  # band membership moves with the mark
-            touched.update(a.address for a in self._accounts.values() if a.live or a.meter.flagged)
+            else:
+                self._requeue(order)
+        if mark_moved:
+            touched.update(self._quoting_accounts())
         self._refresh_meters(touched)
+
+    def _on_mark_tick(self, t: float) -> None:
+        if self._marks.update(t):
+            self._mark = self._marks.mark
+            self._refresh_meters(self._quoting_accounts())
+
+    def _quoting_accounts(self) -> set[str]:
+        """Accounts whose band membership a mark move can change."""
+        return {a.address for a in self._accounts.values() if a.live or a.meter.flagged}
 
     def _on_trade(self, trade: Trade) -> None:
         self._last_price = trade.price
+        self._marks.on_trade(self._t, trade.price)
         touched = set()
         for order in self._live_orders():
-            if self._trade_reaches(order, trade):
-                self._fill(order, order.price, maker=True)
+            qty = self._trade_fill_qty(order, trade)
+            if qty > 0:
+                self._fill(order, order.price, maker=True, qty=qty)
                 touched.add(order.address)
         self._refresh_meters(touched)
+
+    def _best_level(self, side: str) -> tuple[Decimal, Decimal]:
+        """(price, recorded size) of the best level on this side of the book."""
+        book = self._book
+        return (book.bid, book.bid_qty) if side == "buy" else (book.ask, book.ask_qty)
+
+    @staticmethod
+    def _better(side: str, price: Decimal, than: Decimal) -> bool:
+        """Whether price is a more aggressive quote than `than` on this side."""
+        return price > than if side == "buy" else price < than
+
+    def _ahead_on_arrival(self, order: Order) -> Decimal | None:
+        """The volume ahead of an order that starts resting (None: unknown, see the fill model)."""
+        best, size = self._best_level(order.side)
+        if not self._queue or self._better(order.side, order.price, best):
+            return Decimal(0)
+        return size if order.price == best else None
+
+    def _requeue(self, order: Order) -> None:
+        """The book changed without reaching the order: what is ahead of it can only shrink."""
+        best, size = self._best_level(order.side)
+        if order.price == best:
+            order.queue_ahead = size if order.queue_ahead is None else min(order.queue_ahead, size)
+        elif self._better(order.side, order.price, best):
+            order.queue_ahead = Decimal(0)  # nobody else is left at its price
+
+    def _trade_fill_qty(self, order: Order, trade: Trade) -> Decimal:
+        """How much of the order a public trade fills (0: none), using up the volume ahead of it."""
+        if not self._trade_reaches(order, trade):
+            return Decimal(0)
+        if not self._queue or trade.price != order.price:
+            return order.remaining  # a touch, or a print through its price: the whole level traded
+        if order.queue_ahead is None:
+            return Decimal(0)  # its level has not been the best since it rested: others come first
+        filled = min(order.remaining, max(trade.qty - order.queue_ahead, Decimal(0)))
+        order.queue_ahead = max(order.queue_ahead - trade.qty, Decimal(0))
+        return filled
 
     def _book_reaches(self, order: Order) -> bool:
         if order.side == "buy":
@@ -365,7 +477,7 @@ class Exchange:
     def _apply_price_offset(self, delta: Decimal) -> None:
         self._market.price_offset += delta
         book = self._market.book_at(self._t + self._data_offset)
-        self._on_book(BookChange(self._t + self._data_offset, book.bid, book.ask))
+        self._on_book(BookChange(self._t + self._data_offset, *book))
 
     def shift_bps(self, bps: float) -> None:
         """Test control: move the whole market by bps (rounded to the tick) from now on."""
@@ -391,7 +503,9 @@ class Exchange:
     def account(self, address: str) -> Account:
         """The account of a wallet address, opened (with the default balance) on first sight."""
         self.advance()
-        return self._account(address)
+        acct = self._account(address)
+        self._forget_old(acct)
+        return acct
 
     def _account(self, address: str) -> Account:
         key = address.lower()
@@ -486,7 +600,7 @@ class Exchange:
 
     def submit_order(self, address: str, *, side: str, order_type: str, qty: Decimal, time_in_force: str,
                      reduce_only: bool, price: Decimal | None, cl_ord_id: str) -> Order:
-        """Accept an order; it activates visibility_delay_s later (see the fill model)."""
+        """Accept an order; it activates (or is rejected in matching) later (see the fill model)."""
         acct = self.account(address)
         if cl_ord_id in acct.by_cl_ord_id:
             raise RequestError(400, "duplicate cl_ord_id")
@@ -496,7 +610,9 @@ class Exchange:
         acct.orders[order.id] = order
         acct.by_cl_ord_id[cl_ord_id] = order
         acct.meter.orders_placed += 1
-        self._schedule("activate", order, self.activation_delay_s)
+        timing = self._timing.order()
+        delay_s = timing.delay_s if self.activation_delay_s is None else self.activation_delay_s
+        self._schedule("reject" if timing.rejected else "activate", order, delay_s)
         return order
 
     def request_cancel(self, address: str, order_id: int | None = None, cl_ord_id: str | None = None) -> None:
@@ -506,7 +622,7 @@ class Exchange:
         if order is None:
             raise RequestError(404, "order not found")
         acct.meter.cancel_requests += 1
-        self._schedule("cancel", order, self._cancel_delay_s)
+        self._schedule("cancel", order, self._timing.cancel())
 
     def request_cancels(self, address: str, order_ids: list[int] | None = None,
                         cl_ord_ids: list[str] | None = None) -> None:
@@ -515,7 +631,7 @@ class Exchange:
         found = [acct.orders.get(i) for i in order_ids or []] + [acct.by_cl_ord_id.get(c) for c in cl_ord_ids or []]
         for order in filter(None, found):
             acct.meter.cancel_requests += 1
-            self._schedule("cancel", order, self._cancel_delay_s)
+            self._schedule("cancel", order, self._timing.cancel())
 
     @staticmethod
     def _lookup(acct: Account, order_id: int | None, cl_ord_id: str | None) -> Order | None:
@@ -539,9 +655,16 @@ class Exchange:
         """Resting orders of this account, newest first."""
         return list(reversed(self.account(address).live.values()))
 
+    def trades(self, address: str) -> list[Fill]:
+        """This account's fills, newest first (what query_trades lists)."""
+        return list(reversed(self.account(address).fills))
+
     def _on_engine_event(self, kind: str, order: Order) -> None:
         if kind == "activate":
             self._activate(order)
+        elif kind == "reject":
+            self._accounts[order.address].meter.rejected_in_matching += 1
+            self._close(order, "rejected", "rejected in matching")
         elif order.status in RESTING:  # a pending order is not known to matching yet: nothing to cancel
             self._close(order, "canceled")
         self._refresh_meters({order.address})
@@ -559,6 +682,7 @@ class Exchange:
         if not order.reduce_only and not self._margin_ok(acct, (touch if crosses else order.price) * order.qty):
             return self._close(order, "rejected", "insufficient margin")
         if crosses and order.time_in_force == "alo":
+            acct.meter.alo_rejections += 1
             return self._close(order, "rejected", "alo order rejected")
         if crosses:
             self._fill(order, touch, maker=False)
@@ -572,6 +696,7 @@ class Exchange:
     def _rest(self, acct: Account, order: Order) -> None:
         order.status = LIVE
         order.updated_at = self._stamp()
+        order.queue_ahead = self._ahead_on_arrival(order)
         acct.live[order.id] = order
         self._count_live(acct, order.side)
 
@@ -594,19 +719,40 @@ class Exchange:
         return figures is not None and figures["cross_available"] >= notional / acct.leverage
 
     def _close(self, order: Order, status: str, remark: str = "") -> None:
+        acct = self._accounts[order.address]
+        meter = acct.meter
+        after_partial = order.status == PARTIAL
         order.status = status
         order.updated_at = self._stamp()
         if remark:
             order.remark = remark
-        acct = self._accounts[order.address]
         if acct.live.pop(order.id, None) is not None:
             self._count_live(acct, order.side)
-        meter = acct.meter
         if status == "rejected":
             meter.orders_rejected += 1
             log.debug("order %s rejected: %s", order.cl_ord_id, remark)
         elif status == "canceled":
             meter.orders_cancelled += 1
+            meter.cancelled_after_partial += after_partial
+        else:
+            meter.orders_filled += 1
+            meter.filled_after_partial += after_partial
+        acct.closed.append(order)
+        self._forget_old(acct)
+
+    def _forget_old(self, acct: Account) -> None:
+        """Drop final orders and fill records older than FINAL_RETENTION_S or beyond the newest
+        FINAL_KEPT; each goes once, so this is amortised O(1) (see Memory in the module docstring)."""
+        horizon = self._stamp() - FINAL_RETENTION_S
+        closed = acct.closed
+        while closed and (len(closed) > FINAL_KEPT or closed[0].updated_at <= horizon):
+            order = closed.popleft()
+            del acct.orders[order.id]
+            if acct.by_cl_ord_id.get(order.cl_ord_id) is order:
+                del acct.by_cl_ord_id[order.cl_ord_id]
+        fills = acct.fills
+        while fills and (len(fills) > FINAL_KEPT or fills[0].created_at <= horizon):
+            fills.popleft()
 
     def _fill(self, order: Order, price: Decimal, *, maker: bool, qty: Decimal | None = None) -> None:
         """Fill qty of the order (default: all that is left) at price; a reduce-only order only
@@ -618,7 +764,10 @@ class Exchange:
             if qty <= 0:
                 return self._close(order, "canceled", "reduce-only order has nothing to reduce")
         fee = qty * price * (self.spec.maker_fee if maker else self.spec.taker_fee)
-        self._apply_fill(acct, order.side, qty, price, fee)
+        pnl = self._apply_fill(acct, order.side, qty, price, fee)
+        acct.fills.append(Fill(next(self._fill_ids), order.id, order.symbol, order.side, price, qty, price * qty,
+                               fee, self.spec.quote_asset, pnl, self._stamp()))
+        self._forget_old(acct)
         order.fill_qty += qty
         order.fill_value += qty * price
         meter = acct.meter
@@ -635,9 +784,12 @@ class Exchange:
             self._close(order, "canceled", "remainder cancelled: position fully reduced")
         else:
             order.status, order.updated_at = PARTIAL, self._stamp()
+            meter.partial_fills += 1
 
-    def _apply_fill(self, acct: Account, side: str, qty: Decimal, price: Decimal, fee: Decimal) -> None:
+    def _apply_fill(self, acct: Account, side: str, qty: Decimal, price: Decimal, fee: Decimal) -> Decimal:
+        """Update the position and balance for one fill; returns the PnL it realized."""
         pos = acct.position
+        pnl = Decimal(0)
         if pos is None:
             pos = acct.position = Position(next(self._position_ids), self._stamp(), self._stamp())
         signed = qty if side == "buy" else -qty
@@ -659,6 +811,7 @@ class Exchange:
         acct.meter.fees += fee
         pos.updated_at = self._stamp()
         self._record_position(acct)
+        return pnl
 
     def _record_position(self, acct: Account) -> None:
         """Remember the position as it is now, for reported_position, and forget what is older
@@ -718,6 +871,15 @@ class Exchange:
         maker_fills, taker_fills, filled_qty, realized_pnl, fees, upnl, position_qty, balance,
         requests (path -> count), requests_total, max_live_orders ({"buy": n, "sell": n}),
         max_double_s ({"buy": s, "sell": s}: the longest time with 2+ live orders on a side).
+
+        The fill report: orders_filled (orders filled completely, maker or taker), partial_fills
+        (fill events that left a remainder resting), and what became of the orders with such a
+        remainder: filled_after_partial (filled later), cancelled_after_partial (cancelled with
+        the remainder), resting_after_partial (still resting, partially filled, now); the three
+        add up to the orders that were ever partially filled. A reduce-only fill cut short by the
+        position cancels its remainder at once: counted in orders_cancelled, not as partial.
+        rejected_in_matching (accepted, then rejected at activation: the random 0.2 %) and
+        alo_rejections (post-only orders that would have crossed) are parts of orders_rejected.
         """
         acct = self._known(address)
         meter, pos = acct.meter, acct.position
@@ -736,6 +898,13 @@ class Exchange:
             "fills": meter.fills,
             "maker_fills": meter.maker_fills,
             "taker_fills": meter.taker_fills,
+            "orders_filled": meter.orders_filled,
+            "partial_fills": meter.partial_fills,
+            "filled_after_partial": meter.filled_after_partial,
+            "cancelled_after_partial": meter.cancelled_after_partial,
+            "resting_after_partial": sum(o.status == PARTIAL for o in acct.live.values()),
+            "rejected_in_matching": meter.rejected_in_matching,
+            "alo_rejections": meter.alo_rejections,
             "filled_qty": meter.filled_qty,
             "realized_pnl": pos.realized_pnl if pos else Decimal(0),
             "fees": meter.fees,

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .clock import Clock
-from .wire import Response, error_response
+from .wire import Response, error_response, rate_limited_response
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ def response_before_processing(rule: FaultRule) -> Response:
     if rule.kind == "malformed":
         return 200, {"Content-Type": "application/json"}, b'{"code":0,"message":"succ'
     if rule.kind == "rate_limit":
-        status, headers, body = error_response(429, "too many requests")
-        return status, {**headers, "Retry-After": str(rule.retry_after_s)}, body
+        return rate_limited_response(rule.retry_after_s)
     if rule.kind == "body":
         return 200, {"Content-Type": "application/json"}, json.dumps(rule.body).encode()
     return 502, {DROP_HEADER: "1"}, b""  # drop: a transport closes the connection instead

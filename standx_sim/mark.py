@@ -23,6 +23,7 @@ Two models behind one interface (MarkPrice), driven by the engine in time order:
                                    of the same instant, so uptime is integrated exactly
     update(t) -> bool              the tick at t = next_update(): recompute, True if the mark
                                    changed; a call before next_update() changes nothing
+    set_tick(tick)                 the symbol's tick changed (a rule change during a run)
     mark, index                    Decimal on the tick grid (a RuntimeError before the first book)
 
 - MidMark: mark = (bid + ask) / 2 rounded half-even to the tick at every book change, and
@@ -82,6 +83,8 @@ class MarkPrice(Protocol):
 
     def update(self, t: float) -> bool: ...
 
+    def set_tick(self, tick: Decimal) -> None: ...
+
     @property
     def mark(self) -> Decimal: ...
 
@@ -133,6 +136,10 @@ class MidMark:
 
     def update(self, t: float) -> bool:
         return False
+
+    def set_tick(self, tick: Decimal) -> None:
+        """The symbol's tick changed: the next book rounds to it."""
+        self._tick = tick
 
     @property
     def mark(self) -> Decimal:
@@ -208,6 +215,15 @@ class MarkModel:
         self._mark_ticks = round(mark / self._tick_f)
         self._index_ticks = round(self._index / self._tick_f)
         return self._mark_ticks != old
+
+    def set_tick(self, tick: Decimal) -> None:
+        """The symbol's tick changed: the mark and index move to the new grid at once (rounded
+        there from the old one), and every tick from now on rounds to it."""
+        if self._mark_ticks is not None:
+            old_tick = self._tick
+            self._mark_ticks = int(_half_even(self._mark_ticks * old_tick / tick, Decimal(1)))
+            self._index_ticks = int(_half_even(self._index_ticks * old_tick / tick, Decimal(1)))
+        self._tick, self._tick_f = tick, float(tick)
 
     def _delayed_mid(self, t: float) -> float:
         """The mid in force index_lag_s ago (the first mid known, before that)."""

@@ -4,10 +4,10 @@ Every source answers in *data time* (unix seconds of the data itself); the Excha
 clock onto data time. The common interface (class Market):
 
 - ``start_ts``: data time of the first book.
-- ``book_at(t)``: the best bid/ask in force at t (the first book before the data starts, the
-  last book after it ends).
+- ``book_at(t)``: the best bid/ask and their sizes in force at t (the first book before the
+  data starts, the last book after it ends).
 - ``book_changes_between(t0, t1)`` / ``trades_between(t0, t1)``: events with t0 < ts <= t1,
-  found by bisection in append-only sorted arrays, so a replay never rescans.
+  found by bisection in sorted arrays, so a replay never rescans.
 - ``price_offset``: a Decimal added to every price reported, set by the Exchange's test
   controls (shift_bps, set_mid). It applies from the moment it is set: the Exchange has already
   consumed everything before that moment.
@@ -32,12 +32,16 @@ TRADE_COLUMNS = ["ts_ms", "price", "qty", "taker_side"]
 class BookTop(NamedTuple):
     bid: Decimal
     ask: Decimal
+    bid_qty: Decimal  # the size resting at the best bid
+    ask_qty: Decimal
 
 
 class BookChange(NamedTuple):
     ts: float
     bid: Decimal
     ask: Decimal
+    bid_qty: Decimal
+    ask_qty: Decimal
 
 
 class Trade(NamedTuple):
@@ -53,7 +57,7 @@ class Market:
     def __init__(self) -> None:
         self.price_offset = Decimal(0)
         self._book_ts: list[float] = []
-        self._books: list[tuple[Decimal, Decimal]] = []
+        self._books: list[tuple[Decimal, Decimal, Decimal, Decimal]] = []  # bid, ask, bid_qty, ask_qty
         self._trade_ts: list[float] = []
         self._trades: list[tuple[Decimal, Decimal, str]] = []
 
@@ -64,21 +68,26 @@ class Market:
     def _extend_to(self, t: float) -> None:
         """Make sure the series cover data time t (lazy sources generate here)."""
 
+    def _read_from(self, t: float) -> None:
+        """The reader has moved on to data time t (sources that forget the past do it here)."""
+
     def book_at(self, t: float) -> BookTop:
         self._extend_to(t)
         i = max(bisect.bisect_right(self._book_ts, t) - 1, 0)
-        bid, ask = self._books[i]
-        return BookTop(bid + self.price_offset, ask + self.price_offset)
+        bid, ask, bid_qty, ask_qty = self._books[i]
+        return BookTop(bid + self.price_offset, ask + self.price_offset, bid_qty, ask_qty)
 
     def book_changes_between(self, t0: float, t1: float) -> list[BookChange]:
+        self._read_from(t0)
         self._extend_to(t1)
         lo = bisect.bisect_right(self._book_ts, t0)
         hi = bisect.bisect_right(self._book_ts, t1)
         off = self.price_offset
-        return [BookChange(self._book_ts[k], self._books[k][0] + off, self._books[k][1] + off)
-                for k in range(lo, hi)]
+        return [BookChange(self._book_ts[k], bid + off, ask + off, bid_qty, ask_qty)
+                for k, (bid, ask, bid_qty, ask_qty) in zip(range(lo, hi), self._books[lo:hi])]
 
     def trades_between(self, t0: float, t1: float) -> list[Trade]:
+        self._read_from(t0)
         self._extend_to(t1)
         lo = bisect.bisect_right(self._trade_ts, t0)
         hi = bisect.bisect_right(self._trade_ts, t1)
@@ -125,7 +134,7 @@ class RecordedMarket(Market):
             if self._book_ts and ts < self._book_ts[-1]:
                 raise ValueError(f"{path}: book rows go back in time at ts_ms {row[0]}")
             self._book_ts.append(ts)
-            self._books.append((Decimal(row[1]), Decimal(row[2])))
+            self._books.append((Decimal(row[1]), Decimal(row[2]), Decimal(row[3]), Decimal(row[4])))
 
     def _load_trades(self, path: str) -> None:
         for row in _read_csv_gz(path, TRADE_COLUMNS):
@@ -143,7 +152,7 @@ class RecordedMarket(Market):
             i = bisect.bisect_left(self._book_ts, ts) - 1  # the book strictly before the print
             if i < 0:
                 continue
-            bid, ask = self._books[i]
+            bid, ask = self._books[i][:2]
             price, qty, side = self._trades[k]
             if price >= ask and price > bid:
                 inferred = "buy"
@@ -164,6 +173,9 @@ class RecordedMarket(Market):
 # reward band, at once; one threshold for every market, so that jump rates compare).
 MOVE_MIN_BPS = 0.05
 JUMP_MIN_BPS = 2.0
+# How far behind the earliest time its reader still asks about a synthetic market keeps its
+# series: the engine reads only from its own time on, so a few minutes is ample.
+KEEP_BEHIND_S = 300.0
 
 
 class SyntheticMarket(Market):
@@ -178,10 +190,19 @@ class SyntheticMarket(Market):
     - trades, trades_per_s: a print at the touch (buyer taker at the ask, seller taker at the
       bid) of a log-normal qty (median trade_size_btc, log sd trade_size_log_sd), at least a lot.
     Each move or jump redraws the spread uniformly in whole ticks between spread_usd[0] and
-    spread_usd[1] around the mid. The same seed always gives the same market, however it is
-    read. Volatility 0 gives a fully quiet market: a fixed book at the minimum spread and no
-    trades (tests inject what they need). presets.py holds figures measured from recorded hours;
-    the default trade sizes are about the calm preset's.
+    spread_usd[1] around the mid. The size at the best bid (ask) is redrawn whenever the best
+    bid (ask) price changes and kept while it does not: a log-normal qty (median level_size_btc,
+    log sd level_size_log_sd: the defaults are what the recorded hours show at their best
+    levels, median 0.05 to 0.075 BTC, log sd 2.4) between one lot and level_size_cap_btc (3 BTC,
+    about the recorded 99th percentile). Sizes come from their own random stream, derived from
+    the seed, so they never change the prices or trades a seed gives. The same seed always
+    gives the same market, however it is read. Volatility 0 gives a fully quiet market: a fixed
+    book at the minimum spread and no trades (tests inject what they need). presets.py holds
+    figures measured from recorded hours; the default trade sizes are about the calm preset's.
+
+    Memory stays bounded however long it runs: once the reader (the engine) has moved on, what
+    lies more than KEEP_BEHIND_S before the earliest time it still asks about is forgotten, in
+    amortised batches. book_at(t) for a t before what is kept answers the oldest book kept.
     """
 
     def __init__(self, seed: int = 0, start_ts: float = 0.0, start_price: Decimal = Decimal("95000"),
@@ -190,7 +211,9 @@ class SyntheticMarket(Market):
                  trades_per_s: float = 0.5, tick: Decimal = Decimal("0.1"),
                  lot: Decimal = Decimal("0.0001"), *, moves_per_s: float = 10.0, min_move_bps: float = 0.0,
                  jumps_per_hour: float = 0.0, jump_mean_bps: float = JUMP_MIN_BPS,
-                 trade_size_btc: float = 0.001, trade_size_log_sd: float = 1.7) -> None:
+                 trade_size_btc: float = 0.001, trade_size_log_sd: float = 1.7,
+                 level_size_btc: float = 0.05, level_size_log_sd: float = 2.4,
+                 level_size_cap_btc: float = 3.0) -> None:
         super().__init__()
         if volatility_bps_per_sqrt_s < 0 or moves_per_s <= 0:
             raise ValueError("volatility must be >= 0 and moves_per_s > 0")
@@ -211,6 +234,11 @@ class SyntheticMarket(Market):
         self._jump_excess_bps = jump_mean_bps - JUMP_MIN_BPS
         self._log_trade_lots = math.log(trade_size_btc / float(lot))
         self._trade_size_log_sd = trade_size_log_sd
+        self._size_rng = random.Random(f"level sizes {seed}")
+        self._log_level_lots = math.log(level_size_btc / float(lot))
+        self._level_size_log_sd = level_size_log_sd
+        self._max_level_lots = max(1, int(level_size_cap_btc / float(lot)))
+        self._start_ts = float(start_ts)
         quiet = volatility_bps_per_sqrt_s == 0
         # cumulative rates (per s) of the merged process: a move below the first, a jump below
         # the second, else a trade
@@ -218,7 +246,29 @@ class SyntheticMarket(Market):
             moves_per_s, moves_per_s + jumps_per_hour / 3600, moves_per_s + jumps_per_hour / 3600 + trades_per_s)
         self._next_ts = float(start_ts) + self._wait()
         self._book_ts.append(float(start_ts))
-        self._books.append(self._book_for(self._spread_ticks[0]))
+        bid, ask = self._book_for(self._spread_ticks[0])
+        self._books.append((bid, ask, self._level_size(), self._level_size()))
+
+    @property
+    def start_ts(self) -> float:
+        return self._start_ts  # what is kept may start later
+
+    def _read_from(self, t: float) -> None:
+        self._forget_before(t - KEEP_BEHIND_S)
+
+    def _forget_before(self, t: float) -> None:
+        """Drop the trades before t and the books before the one in force at t, once what would go
+        is at least as long as what stays: each event is copied O(1) times on average."""
+        books = bisect.bisect_right(self._book_ts, t) - 1
+        if books > 0 and 2 * books >= len(self._book_ts):
+            del self._book_ts[:books], self._books[:books]
+        trades = bisect.bisect_right(self._trade_ts, t)
+        if trades > 0 and 2 * trades >= len(self._trade_ts):
+            del self._trade_ts[:trades], self._trades[:trades]
+
+    def _level_size(self) -> Decimal:
+        lots = round(math.exp(self._size_rng.gauss(self._log_level_lots, self._level_size_log_sd)))
+        return min(max(1, lots), self._max_level_lots) * self._lot
 
     def _wait(self) -> float:
         """Time to the next event; never, in a quiet market."""
@@ -239,7 +289,7 @@ class SyntheticMarket(Market):
         kind = rng.random() * total
         if kind >= moves_and_jumps:
             side = rng.choice(("buy", "sell"))
-            bid, ask = self._books[-1]
+            bid, ask = self._books[-1][:2]
             lots = max(1, round(math.exp(rng.gauss(self._log_trade_lots, self._trade_size_log_sd))))
             self._trade_ts.append(ts)
             self._trades.append((ask if side == "buy" else bid, lots * self._lot, side))
@@ -249,7 +299,9 @@ class SyntheticMarket(Market):
         else:
             size_bps = JUMP_MIN_BPS + rng.expovariate(1 / self._jump_excess_bps)
         self._mid_ticks *= math.exp(rng.choice((-1, 1)) * size_bps * 1e-4)
-        book = self._book_for(rng.randint(*self._spread_ticks))
-        if book != self._books[-1]:
+        bid, ask = self._book_for(rng.randint(*self._spread_ticks))
+        old_bid, old_ask, bid_qty, ask_qty = self._books[-1]
+        if (bid, ask) != (old_bid, old_ask):
             self._book_ts.append(ts)
-            self._books.append(book)
+            self._books.append((bid, ask, bid_qty if bid == old_bid else self._level_size(),
+                                ask_qty if ask == old_ask else self._level_size()))

@@ -68,7 +68,7 @@ def measure(market: Market, start: float, end: float) -> MarketFigures:
     """The figures of a market from data time start to end, read through the Market interface."""
     first = market.book_at(start)
     changes = market.book_changes_between(start, end)
-    books = [BookChange(start, first.bid, first.ask), *changes]
+    books = [BookChange(start, *first), *changes]
     spread_time = sum(float(book.ask - book.bid) * (until - book.ts)  # USD * s
                       for book, until in zip(books, [c.ts for c in changes] + [end]))
     moves: list[float] = []

@@ -45,7 +45,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         status, headers, content = self.server.sim_server.serve(self.command, parts.path, query,
-                                                                dict(self.headers.items()), body)
+                                                                dict(self.headers.items()), body,
+                                                                self.client_address[0])
         if headers.pop(DROP_HEADER, None):
             self.close_connection = True  # no answer at all: the client sees the connection close
             return
@@ -88,14 +89,15 @@ class SimServer:
         self._thread: threading.Thread | None = None
 
     def serve(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
-              body: bytes) -> tuple[int, dict[str, str], bytes]:
-        """One request through the lock; the latency is slept outside it."""
+              body: bytes, client: str) -> tuple[int, dict[str, str], bytes]:
+        """One request from the IP address `client` (the socket's peer: the rate limits count
+        per IP) through the lock; the latency is slept outside it."""
         if path.startswith(CONTROL_PREFIX):
             with self._lock:
                 return self._control.handle(method, path, query, body)
         time.sleep(self._latency_s)
         with self._lock:
-            return self._sim.handle(method, path, query, headers, body)
+            return self._sim.handle(method, path, query, headers, body, client)
 
     @property
     def url(self) -> str:

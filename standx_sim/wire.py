@@ -19,6 +19,12 @@ def error_response(status: int, message: str) -> Response:
     return json_response(status, {"code": status, "message": message})
 
 
+def rate_limited_response(retry_after_s: int) -> Response:
+    """HTTP 429 in StandX's error shape, with the whole seconds to wait in Retry-After."""
+    status, headers, body = error_response(429, "too many requests")
+    return status, {**headers, "Retry-After": str(retry_after_s)}, body
+
+
 def compress(response: Response, accept_encoding: str) -> Response:
     """The answer gzip-compressed if the client accepts gzip, else deflate-compressed if it
     accepts deflate, else unchanged; an empty body is never compressed."""

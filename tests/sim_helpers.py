@@ -24,11 +24,28 @@ START_TS = 1_767_657_600.0  # 2026-01-06 00:00 UTC
 FLAT_BID, FLAT_ASK, FLAT_MARK = Decimal("94999.9"), Decimal("95000.1"), Decimal("95000.0")
 
 
+# What tests of one mechanic fix, so that another cannot blur it: every order and cancel takes
+# 0.2 s, any touch fills a whole order, the mark is the rounded mid at once, no rate limits.
+FIXED_MECHANICS = {"visibility_delay_s": 0.2, "queue": False, "mark": "mid", "rate_limits": None}
+
+
+def flat_market() -> SyntheticMarket:
+    """A market that never moves unless a test moves it: 94999.9 / 95000.1."""
+    return SyntheticMarket(start_ts=START_TS, start_price=FLAT_MARK, volatility_bps_per_sqrt_s=0,
+                           spread_usd=(Decimal("0.2"), Decimal("0.2")))
+
+
 def flat_sim(**kwargs) -> Simulator:
-    """A simulator on a virtual clock over a market that never moves unless a test moves it."""
-    market = SyntheticMarket(start_ts=START_TS, start_price=FLAT_MARK, volatility_bps_per_sqrt_s=0,
-                             spread_usd=(Decimal("0.2"), Decimal("0.2")))
-    return Simulator(VirtualClock(START_TS), market, **kwargs)
+    """A simulator on a virtual clock over a flat market, for tests of one mechanic: the simple
+    timing, fills and mark of FIXED_MECHANICS unless a test asks otherwise."""
+    return Simulator(VirtualClock(START_TS), flat_market(), **{**FIXED_MECHANICS, **kwargs})
+
+
+def realistic_flat_sim(**kwargs) -> Simulator:
+    """A simulator on a virtual clock over a flat market with the simulator's realistic defaults
+    (random visibility delays with their tail, queue position, StandX's lagging mark, rate
+    limits): what the daemon's end-to-end tests run against."""
+    return Simulator(VirtualClock(START_TS), flat_market(), **kwargs)
 
 
 def jwt_payload(token: str) -> dict:

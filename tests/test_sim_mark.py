@@ -275,3 +275,85 @@ def test_the_measuring_script_names_a_missing_file_and_exits_2(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "BTC-USD_2026-01-06_00.bbo.csv.gz" in result.stderr
+
+
+# ---- the mark in the engine -------------------------------------------------------------------
+
+def lagging_sim(**kwargs):
+    """A flat market with StandX's mark; nothing else random (fixed delays, no rate limits)."""
+    from tests.sim_helpers import FIXED_MECHANICS, flat_sim
+    return flat_sim(**{**FIXED_MECHANICS, "mark": "standx", **kwargs})
+
+
+def quote_price(mark: Decimal, side: str, bps: str = "7.5") -> str:
+    offset = mark * Decimal(bps) / 10000
+    price = mark - offset if side == "buy" else mark + offset
+    return str(price.quantize(Decimal("0.1"), rounding="ROUND_FLOOR" if side == "buy" else "ROUND_CEILING"))
+
+
+@pytest.mark.parametrize("side, shift_bps", [("buy", -12), ("sell", 12)])
+def test_after_a_fast_move_a_quote_off_the_lagging_mark_crosses_the_book(side, shift_bps):
+    from tests.sim_helpers import in_process_client
+    sim = lagging_sim()
+    client = in_process_client(sim)
+    sim.exchange.shift_bps(shift_bps)
+    sim.clock.sleep(1.0)  # one cadence tick: the mark has barely moved, the book moved 12 bps
+    mark, book = sim.exchange.mark_price(), sim.exchange.book()
+    price = quote_price(mark, side)
+    assert (Decimal(price) >= book.ask) if side == "buy" else (Decimal(price) <= book.bid)
+    alo, gtc = f"alo-{side}", f"gtc-{side}"
+    assert client.new_order(side=side, price=price, cl_ord_id=alo).status_code == 200
+    assert client.new_order(side=side, price=price, cl_ord_id=gtc, time_in_force="gtc").status_code == 200
+    sim.clock.sleep(0.5)
+    assert client.order(alo).json()["status"] == "rejected"
+    assert client.order(gtc).json()["status"] == "filled"  # taken at once, as a taker
+    metrics = sim.exchange.metrics(client.address.lower())
+    assert (metrics["alo_rejections"], metrics["taker_fills"]) == (1, 1)
+
+
+def test_with_the_mid_mark_the_same_quote_rests():
+    from tests.sim_helpers import in_process_client
+    sim = lagging_sim(mark="mid")
+    client = in_process_client(sim)
+    sim.exchange.shift_bps(-12)
+    sim.clock.sleep(1.0)
+    price = quote_price(sim.exchange.mark_price(), "buy")
+    assert client.new_order(side="buy", price=price, cl_ord_id="alo-buy").status_code == 200
+    sim.clock.sleep(0.5)
+    assert client.order("alo-buy").json()["status"] == "new"
+
+
+def test_the_price_endpoint_shows_the_lagging_mark_and_index_apart_from_the_book():
+    from tests.sim_helpers import in_process_client
+    sim = lagging_sim()
+    client = in_process_client(sim)
+    sim.exchange.shift_bps(20)
+    sim.clock.sleep(3.0)
+    prices = client.get("/api/query_symbol_price", symbol="BTC-USD").json()
+    mid = (Decimal(prices["spread_bid"]) + Decimal(prices["spread_ask"])) / 2
+    mark, index = Decimal(prices["mark_price"]), Decimal(prices["index_price"])
+    assert mark < mid and index < mid  # both still behind a 20 bps jump after 3 s
+    assert (mid - mark) / mid * 10000 > 5
+    sim.clock.sleep(60)
+    prices = client.get("/api/query_symbol_price", symbol="BTC-USD").json()
+    assert abs(Decimal(prices["mark_price"]) - mid) / mid * 10000 < 1  # caught up, within the basis
+
+
+def test_uptime_follows_the_mark_at_its_ticks_not_the_book():
+    """A buy 8 bps under the mark leaves the band when the lagging mark has moved up 3 bps, at
+    the cadence tick that moves it, not at the book change."""
+    from tests.sim_helpers import in_process_client
+    sim = lagging_sim()
+    client = in_process_client(sim)
+    address = client.address.lower()
+    mark = sim.exchange.mark_price()
+    client.new_order(side="buy", price=quote_price(mark, "buy", "8"), cl_ord_id="b")
+    client.new_order(side="sell", price=quote_price(mark, "sell", "8"), cl_ord_id="s")
+    sim.clock.sleep(1.0)
+    sim.exchange.shift_bps(5)
+    in_band_at_move = sim.exchange.metrics(address)["buy_in_band_s"]
+    sim.clock.sleep(30)
+    after = sim.exchange.metrics(address)
+    # the buy stayed in band for a while after the book moved (the mark lags), then left it
+    assert 1.0 < after["buy_in_band_s"] - in_band_at_move < 30.0
+    assert sim.exchange.mark_price() > mark

@@ -42,10 +42,10 @@ def tiny_prefix(tmp_path: Path, name: str, books: list[str], trades: list[str]) 
 
 @needs_market_data
 def test_recorded_market_starts_at_its_first_book_row():
-    ts_ms, bid, ask = first_data_row(Path(f"{CALM_HOUR}.bbo.csv.gz"))[:3]
+    ts_ms, *book = first_data_row(Path(f"{CALM_HOUR}.bbo.csv.gz"))
     market = RecordedMarket([str(CALM_HOUR)])
     assert market.start_ts == int(ts_ms) / 1000
-    assert market.book_at(market.start_ts) == (Decimal(bid), Decimal(ask))
+    assert market.book_at(market.start_ts) == tuple(Decimal(v) for v in book)  # bid, ask and their sizes
 
 
 @needs_market_data
@@ -60,7 +60,7 @@ def test_recorded_market_replays_every_trade_of_the_hour():
 def test_recorded_prefixes_are_replayed_one_after_the_other():
     market = RecordedMarket([str(CALM_HOUR), str(NEXT_HOUR)])
     ts_ms, bid, ask = first_data_row(Path(f"{NEXT_HOUR}.bbo.csv.gz"))[:3]
-    assert market.book_at(int(ts_ms) / 1000) == (Decimal(bid), Decimal(ask))
+    assert market.book_at(int(ts_ms) / 1000)[:2] == (Decimal(bid), Decimal(ask))
 
 
 @needs_market_data
@@ -82,9 +82,9 @@ def test_an_hour_of_recorded_data_replays_in_well_under_a_second():
 
 
 def test_recorded_market_holds_the_last_book_after_the_data_ends(tmp_path):
-    prefix = tiny_prefix(tmp_path, "h", ["1000,100.0,100.2,1,1", "2000,100.4,100.6,1,1"], [])
+    prefix = tiny_prefix(tmp_path, "h", ["1000,100.0,100.2,1,1", "2000,100.4,100.6,0.5,2"], [])
     market = RecordedMarket([prefix])
-    assert market.book_at(5000.0) == (Decimal("100.4"), Decimal("100.6"))
+    assert market.book_at(5000.0) == (Decimal("100.4"), Decimal("100.6"), Decimal("0.5"), Decimal("2"))
 
 
 def test_recorded_market_keeps_a_locked_or_crossed_book(tmp_path):
@@ -153,17 +153,17 @@ def test_zero_volatility_gives_a_flat_market_without_trades():
 
 def test_shift_bps_moves_the_whole_book():
     clock = VirtualClock(0.0)
-    exchange = Exchange(clock, SyntheticMarket(volatility_bps_per_sqrt_s=0, spread_usd=(Decimal("0.2"),) * 2))
+    exchange = Exchange(clock, SyntheticMarket(volatility_bps_per_sqrt_s=0, spread_usd=(Decimal("0.2"),) * 2), mark="mid")
     exchange.shift_bps(10)  # 10 bps of 95000 = 95.0
-    assert exchange.book() == (Decimal("95094.9"), Decimal("95095.1"))
+    assert exchange.book()[:2] == (Decimal("95094.9"), Decimal("95095.1"))
     assert exchange.mark_price() == Decimal("95095.0")
 
 
 def test_set_mid_moves_the_whole_book_to_the_given_mid():
     clock = VirtualClock(0.0)
-    exchange = Exchange(clock, SyntheticMarket(volatility_bps_per_sqrt_s=0, spread_usd=(Decimal("0.2"),) * 2))
+    exchange = Exchange(clock, SyntheticMarket(volatility_bps_per_sqrt_s=0, spread_usd=(Decimal("0.2"),) * 2), mark="mid")
     exchange.set_mid(Decimal("90000"))
-    assert exchange.book() == (Decimal("89999.9"), Decimal("90000.1"))
+    assert exchange.book()[:2] == (Decimal("89999.9"), Decimal("90000.1"))
 
 
 # ---- the presets ------------------------------------------------------------------------------

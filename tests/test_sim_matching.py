@@ -1,4 +1,5 @@
-"""Order lifecycle, matching, positions, fees and PnL (the fill model in exchange.py)."""
+"""Order lifecycle, matching, positions, fees and PnL (the fill model in exchange.py), with
+flat_sim's fixed 0.2 s delays and touch fills (queue=False); queue position is in test_sim_queue.py."""
 from __future__ import annotations
 
 from decimal import Decimal

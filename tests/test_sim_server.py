@@ -24,10 +24,12 @@ TIMEOUT_S = 5
 
 @pytest.fixture
 def served():
-    """A quiet market served on a free loopback port with a short visibility delay."""
+    """A quiet market served on a free loopback port with a short visibility delay, where any
+    touch fills a whole order and the mark is the mid (these tests are of the server, not of
+    matching or of the mark model)."""
     clock = WallClock()
     market = SyntheticMarket(start_ts=clock.now(), volatility_bps_per_sqrt_s=0, spread_usd=(Decimal("0.2"),) * 2)
-    sim = Simulator(clock, market, visibility_delay_s=0.05)
+    sim = Simulator(clock, market, visibility_delay_s=0.05, queue=False, mark="mid")
     server = SimServer(sim)
     url = server.start()
     session = requests.Session()

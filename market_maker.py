@@ -679,7 +679,8 @@ class MarketMaker:
         # The latest send time of a position read that showed a position grown by each side.
         self.position_grown_at = {BUY: float("-inf"), SELL: float("-inf")}
         self.position_updated_at: float | None = None
-        # Sides whose quotes the exchange refuses: side -> (refusals in a row, next try at), and
+        # Sides whose quotes the exchange refuses: side -> (refusals in a row, next try at; a first
+        # rejection in matching counts 0, see _note_rejection), and
         # since when no quote has been accepted (None while quotes are accepted).
         self.refusals: dict[str, tuple[int, float]] = {}
         self.refused_since: float | None = None
@@ -847,7 +848,7 @@ class MarketMaker:
                                f"exchange reads failing ({self.last_read_error})")
         self.alerter.condition("login", self.auth.login_failure is not None,
                                f"login failing ({self.auth.login_failure})")
-        self.alerter.condition("refused", bool(self.refusals),
+        self.alerter.condition("refused", any(count for count, _ in self.refusals.values()),
                                f"quotes refused by the exchange ({self.last_refusal})")
 
     def _decide_once(self) -> bool:
@@ -1193,12 +1194,12 @@ class MarketMaker:
             log.info("%s order %s at %s was %s by the exchange%s", order.side, order.cl_ord_id,
                      order.price, found.status, f" ({found.remark})" if found.remark else "")
         if found.status == "rejected":
-            # Rejected in matching for a lasting reason the exchange names (margin): the side
-            # backs off as for a refused request; a post-only quote that would have crossed, or
-            # a rejection without a reason, is placed again at once.
+            # Rejected in matching for a reason the exchange names that may last (margin): the
+            # side backs off as for a refused request (_note_rejection); a post-only quote that
+            # would have crossed, or a rejection without a reason, is placed again at once.
             rejection = StandXError(found.remark, 400)
             if found.remark and is_lasting_refusal(rejection):
-                self._back_off_refused(order.side, rejection)
+                self._note_rejection(order.side, rejection)
         self._check_for_fill(order, found)
         return False
 
@@ -1351,6 +1352,17 @@ class MarketMaker:
                 else:
                     log.warning("%s order at %s refused (%s): will re-place next loop",
                                 order.side, order.price, error)
+
+    def _note_rejection(self, side: str, rejection: StandXError) -> None:
+        """An order rejected in matching: StandX rejects a few accepted orders for no lasting
+        reason, so the first rejection in a row is quoted again at once (recorded as refusal
+        number 0, which neither pauses the side nor raises the alert); a second one in a row
+        backs off as a refused request does."""
+        if side in self.refusals:
+            self._back_off_refused(side, rejection)
+            return
+        self.refusals[side] = (0, self.clock.monotonic())
+        log.info("%s quote rejected in matching (%s): placing it again at once", side, rejection.message)
 
     def _back_off_refused(self, side: str, error: StandXError) -> None:
         """A refusal that will not pass by itself: the side waits (a few tries a minute at
@@ -1822,10 +1834,13 @@ def hold_instance_lock(address: str, symbol: str) -> socket.socket:
 
 def simulate(config: Config, args: argparse.Namespace) -> int:
     """The daemon against a local simulator served on 127.0.0.1 in real time (imported only here:
-    live runs never load it). No account, key or .env is needed: a throwaway wallet logs in."""
+    live runs never load it). No account, key or .env is needed: a throwaway wallet logs in. The
+    simulator trades the configured symbol (a synthetic market at its price level), or replays
+    --market-data, which must be recordings of that symbol."""
     from standx_sim import SimServer, Simulator
     from standx_sim.clock import WallClock
     from standx_sim.simulate import STATUS_EVERY_S, load_market, run_report, summary, write_report
+    from standx_sim.symbols import SYMBOLS
     try:
         market = load_market(args.market_data)
     except FileNotFoundError as exc:
@@ -1834,12 +1849,11 @@ def simulate(config: Config, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cannot load market data: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    sim = Simulator(WallClock(), market, meter_qty=config.qty)
-    listed = sim.exchange.spec.symbol
-    if config.symbol != listed:
-        print(f"the simulator lists only {listed}: set MARKET_MAKER_SYMBOL={listed} to simulate "
+    if config.symbol not in SYMBOLS:
+        print(f"the simulator lists {', '.join(SYMBOLS)}: set MARKET_MAKER_SYMBOL to one of them to simulate "
               f"(got {config.symbol})", file=sys.stderr)
         return EXIT_CONFIG
+    sim = Simulator(WallClock(), market, meter_qty=config.qty, symbol=config.symbol)
     server = SimServer(sim)
     url = server.start()
     config = replace(config, auth_base_url=url, perps_base_url=url)

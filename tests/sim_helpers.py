@@ -156,3 +156,14 @@ def in_process_client(sim: Simulator, latency_s: float = 0.0, login: bool = True
     if login:
         client.login()
     return client
+
+
+def trade_through(sim: Simulator, order, qty: Decimal) -> None:
+    """A taker sweeps through a resting order of ours: a print one tick beyond its price, so the
+    whole level traded and the queue ahead of the order cannot hold it back (a print AT its price
+    fills it only once the volume ahead has traded; see the fill model in exchange.py)."""
+    tick = sim.exchange.spec.tick
+    if order.side == "buy":
+        sim.exchange.add_trade(order.price - tick, qty, "sell")
+    else:
+        sim.exchange.add_trade(order.price + tick, qty, "buy")

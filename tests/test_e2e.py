@@ -18,7 +18,7 @@ import market_maker as mm
 from standx_auth import StandXAuth
 from standx_sim.figures import run_figures
 from standx_sim.simulate import throwaway_key
-from tests.sim_helpers import BASE_URL, FLAT_MARK, flat_sim
+from tests.sim_helpers import BASE_URL, FLAT_MARK, realistic_flat_sim, trade_through
 from tests.sim_process import REPO, account, clean_env, start_daemon_process, wait_until
 
 
@@ -56,7 +56,7 @@ def distance(order, mark: Decimal) -> Decimal:
 
 
 def test_login_then_two_sided_post_only_quotes_within_the_band():
-    sim = flat_sim()
+    sim = realistic_flat_sim()
     maker = start_daemon(sim)
     run_for(maker, 2)
     orders = resting(sim, maker)
@@ -69,13 +69,14 @@ def test_login_then_two_sided_post_only_quotes_within_the_band():
 
 
 def test_price_move_is_followed_by_a_requote_back_into_the_band():
-    sim = flat_sim()
+    sim = realistic_flat_sim()
     maker = start_daemon(sim)
     run_for(maker, 2)
     before = {o.cl_ord_id for o in resting(sim, maker)}
-    sim.exchange.shift_bps(3)  # buy now 10.5 bps away, sell 4.5 bps: both out of band
-    run_for(maker, 2)
+    sim.exchange.shift_bps(3)  # once the mark follows: buy 10.5 bps away, sell 4.5 bps, both out of band
+    run_for(maker, 20)  # StandX's mark trails the book by seconds (standx_sim/mark.py)
     mark = sim.exchange.mark_price()
+    assert mark - FLAT_MARK > FLAT_MARK * Decimal("2.5") / 10000
     after = resting(sim, maker)
     assert {o.cl_ord_id for o in after}.isdisjoint(before)
     assert sorted(o.side for o in after) == ["buy", "sell"]
@@ -83,11 +84,11 @@ def test_price_move_is_followed_by_a_requote_back_into_the_band():
 
 
 def test_fill_is_closed_reduce_only_and_the_side_is_placed_again():
-    sim = flat_sim()
+    sim = realistic_flat_sim()
     maker = start_daemon(sim)
     run_for(maker, 2)
     buy = resting(sim, maker, "buy")[0]
-    sim.exchange.add_trade(buy.price, Decimal("0.01"), "sell")  # a seller hits our bid
+    trade_through(sim, buy, Decimal("0.01"))  # a seller sweeps through our bid
     run_for(maker, 4)
     address = maker.auth.address.lower()
     closes = [o for o in sim.exchange.orders(address) if o.order_type == "market"]
@@ -105,7 +106,7 @@ def test_fill_is_closed_reduce_only_and_the_side_is_placed_again():
     ("1000", "normal", Decimal("7.5")), ("75", "degraded_1", Decimal(25)), ("40", "degraded_2", Decimal(80)),
 ])
 def test_each_balance_mode_quotes_at_its_distance(balance, mode, target_bps):
-    sim = flat_sim()
+    sim = realistic_flat_sim()
     maker = start_daemon(sim)
     run_for(maker, 1)
     sim.exchange.set_balance(maker.auth.address.lower(), Decimal(balance))
@@ -118,7 +119,7 @@ def test_each_balance_mode_quotes_at_its_distance(balance, mode, target_bps):
 
 
 def test_ten_seconds_of_quoting_keep_at_most_one_order_per_side_at_rest():
-    sim = flat_sim(meter_qty=Decimal("0.005"))
+    sim = realistic_flat_sim(meter_qty=Decimal("0.005"))
     maker = start_daemon(sim)
     run_for(maker, 10)
     metrics = sim.exchange.metrics(maker.auth.address.lower())
@@ -127,7 +128,7 @@ def test_ten_seconds_of_quoting_keep_at_most_one_order_per_side_at_rest():
 
 
 def test_shutdown_leaves_no_order_and_spares_manual_ones():
-    sim = flat_sim()
+    sim = realistic_flat_sim()
     maker = start_daemon(sim)
     address = maker.auth.address.lower()
     sim.exchange.submit_order(address, side="buy", order_type="limit", qty=Decimal("0.001"),
@@ -183,11 +184,24 @@ def test_simulate_runs_without_any_env_shows_its_status_every_10_s_and_writes_it
 
 def test_simulate_with_a_symbol_the_simulator_does_not_list_says_so_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "market_maker.py"), "--simulate"], cwd=tmp_path,
-                            env=clean_env(MARKET_MAKER_SYMBOL="ETH-USD"), capture_output=True, text=True,
+                            env=clean_env(MARKET_MAKER_SYMBOL="DOGE-USD"), capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "the simulator lists only BTC-USD: set MARKET_MAKER_SYMBOL=BTC-USD to simulate (got ETH-USD)"]
+        "the simulator lists BTC-USD, ETH-USD, XAU-USD: set MARKET_MAKER_SYMBOL to one of them to simulate "
+        "(got DOGE-USD)"]
+
+
+def test_simulate_quotes_the_configured_symbol_on_its_own_tick(tmp_path):
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "market_maker.py"), "--simulate", "--duration", "3", "--report-json", str(report)],
+        cwd=tmp_path, env=clean_env(MARKET_MAKER_SYMBOL="ETH-USD", MARKET_MAKER_QTY="0.01"),
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(report.read_text())
+    assert figures["orders_placed"] >= 2 and figures["open_orders_at_end"] == 0
+    assert "symbol=ETH-USD" in result.stderr + result.stdout
 
 
 def test_simulate_with_a_missing_market_file_is_a_one_line_error(tmp_path):
@@ -204,7 +218,7 @@ def test_a_fill_and_its_close_are_logged_with_prices_fees_and_the_days_totals(mo
 
     def sell_into_our_bid(run):
         bid = next(o for o in run.our_resting() if o.side == "buy")
-        run.sim.exchange.add_trade(bid.price, Decimal("0.005"), "sell")
+        trade_through(run.sim, bid, Decimal("0.005"))
     run = run_daemon(15, market=flat_market(), monkeypatch=monkeypatch, actions=[(5, sell_into_our_bid)])
     fill = re.search(r"filled: bought 0\.0050 BTC-USD at (\d+\.\d+); closing", run.logs)
     close = re.search(r"position closed: flat again; closed at (\d+\.\d+): price ([-+]\d+\.\d+), fees "

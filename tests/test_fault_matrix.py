@@ -18,6 +18,7 @@ import pytest
 import market_maker as mm
 from tests.fault_harness import (QTY, Run, assert_nothing_arrives_late, assert_nothing_lost,
                                  flat_market, run_daemon)
+from tests.sim_helpers import trade_through
 
 RUN_S = 40
 FAULT_AT_S = 5
@@ -79,13 +80,13 @@ PAIRS = [
 def sell_into_our_bid(run: Run) -> None:
     bids = [o for o in run.our_resting() if o.side == "buy"]
     if bids:
-        run.sim.exchange.add_trade(bids[0].price, QTY, "sell")
+        trade_through(run.sim, bids[0], QTY)
 
 
 def buy_into_our_ask(run: Run) -> None:
     asks = [o for o in run.our_resting() if o.side == "sell"]
     if asks:
-        run.sim.exchange.add_trade(asks[0].price, QTY, "buy")
+        trade_through(run.sim, asks[0], QTY)
 
 
 def fast_market() -> list[tuple[float, Fault]]:

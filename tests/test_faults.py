@@ -20,6 +20,7 @@ from standx_sim.faults import FOREIGN_ADDRESS
 from standx_sim.simulate import throwaway_key
 from tests.fault_harness import (QTY, Run, assert_no_secret, assert_nothing_arrives_late,
                                  assert_nothing_lost, flat_market, run_daemon)
+from tests.sim_helpers import trade_through
 from tests.sim_process import account, start_daemon_process, wait_until
 
 READS = ("/api/query_positions", "/api/query_symbol_price", "/api/query_open_orders", "/api/query_balance")
@@ -37,7 +38,7 @@ def shift(bps: float):
 def fill_our_buy(run: Run) -> None:
     """A seller takes our resting bid."""
     buy = run.our_resting_buy()
-    run.sim.exchange.add_trade(buy.price, Decimal("0.01"), "sell")
+    trade_through(run.sim, buy, Decimal("0.01"))
 
 
 def two_sided_at_the_end(run: Run) -> None:
@@ -375,7 +376,7 @@ def test_second_instance_on_the_same_account_and_symbol_is_refused(sim_server, t
         started.append(second)
         code = second.wait(timeout=30)
         output = second.stdout.read()
-        other_symbol = start_daemon_process(sim_server, key, tmp_path, MARKET_MAKER_SYMBOL="ETH-USD")
+        other_symbol = start_daemon_process(sim_server, key, tmp_path, MARKET_MAKER_SYMBOL="DOGE-USD")
         started.append(other_symbol)
         other_code = other_symbol.wait(timeout=30)
     finally:
@@ -389,7 +390,7 @@ def test_second_instance_on_the_same_account_and_symbol_is_refused(sim_server, t
     assert output.strip().splitlines() == [
         f"already running: another market maker quotes BTC-USD for {Account.from_key(key).address} "
         "on this machine; stop it first"]
-    assert other_code == mm.EXIT_CONFIG  # not refused by the lock: ETH-USD is simply not listed here
+    assert other_code == mm.EXIT_CONFIG  # not refused by the lock: DOGE-USD is simply not listed here
     assert key[2:] not in output
 
 

@@ -16,6 +16,7 @@ import pytest
 import market_maker as mm
 from tests.fault_harness import (QTY, Run, assert_nothing_arrives_late, assert_nothing_lost,
                                  flat_market, run_daemon)
+from tests.sim_helpers import trade_through
 
 READS = ("/api/query_positions", "/api/query_symbol_price", "/api/query_open_orders",
          "/api/query_balance")
@@ -47,7 +48,7 @@ def sell_into_our_bid(run: Run) -> None:
     """A seller takes whatever bid of ours rests (a fill of one quote)."""
     bids = [o for o in run.our_resting() if o.side == "buy"]
     if bids:
-        run.sim.exchange.add_trade(bids[0].price, QTY, "sell")
+        trade_through(run.sim, bids[0], QTY)
 
 
 # ---- 1. a learned clock offset goes away again ---------------------------------------------------
@@ -197,7 +198,8 @@ def test_a_stop_right_after_a_requote_waits_for_the_late_orders_and_cancels_them
 
     def stop(run: Run) -> None:
         run.maker.request_stop("SIGTERM")
-    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch,
+    # the requote must follow the move at once: the mid mark (StandX's lags by seconds)
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch, mark="mid",
                      actions=[(5, slow_then_move), (5.8, stop)])
     assert quotes(run, run.t(5))  # the requote went out just before the stop
     finish(run)  # and nothing of ours rests, now or ten seconds later
@@ -324,7 +326,8 @@ def test_an_accepted_order_that_shows_only_after_30_s_is_not_left_behind_by_the_
     def slow_then_move(run: Run) -> None:
         run.sim.set_visibility_delay(30)
         run.sim.exchange.shift_bps(3)
-    run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch,
+    # the requote must follow the move at once: the mid mark (StandX's lags by seconds)
+    run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch, mark="mid",
                      actions=[(5, slow_then_move), (6, lambda run: run.sim.set_visibility_delay(0.2))])
     assert run.code == mm.EXIT_ERROR and "could not confirm" in run.logs  # it cannot be ruled out
     run.clock.sleep(20)
@@ -378,7 +381,7 @@ def test_an_absurd_number_in_an_answer_is_a_malformed_read_not_a_crash(path, bod
 def buy_into_our_ask(run: Run) -> None:
     asks = [o for o in run.our_resting() if o.side == "sell"]
     if asks:
-        run.sim.exchange.add_trade(asks[0].price, QTY, "buy")
+        trade_through(run.sim, asks[0], QTY)
 
 
 def lift_our_ask_when_the_close_goes_out(run: Run) -> None:
@@ -440,7 +443,8 @@ def test_a_partial_fill_of_a_quote_does_not_keep_its_side_dark(monkeypatch):
         ask = next(o for o in run.our_resting() if o.side == "sell")
         run.sim.exchange.fill_resting(run.address, bid.cl_ord_id, QTY)
         run.sim.exchange.fill_resting(run.address, ask.cl_ord_id, Decimal("0.002"))
-    run = run_daemon(40, market=flat_market(), monkeypatch=monkeypatch,
+    # the requote must follow the move at once: the mid mark (StandX's lags by seconds)
+    run = run_daemon(40, market=flat_market(), monkeypatch=monkeypatch, mark="mid",
                      actions=[(6, bid_taken_and_part_of_the_ask), (15, shift(3))])
     asks = sell_quotes_after(run, 15)
     assert asks and asks[0].t - run.t(15) < 3
@@ -487,4 +491,33 @@ def test_a_round_trip_the_daemon_never_saw_does_not_darken_a_side(monkeypatch):
         buy_into_our_ask(run)
     run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch, actions=[(6.1, both_taken_within_one_loop)])
     assert quotes(run, run.t(6.1), run.t(10), side="buy") and quotes(run, run.t(6.1), run.t(10), side="sell")
+    finish(run)
+
+
+# ---- found by the realistic simulator (issue 11) ------------------------------------------------
+
+def test_a_quote_rejected_in_matching_for_no_lasting_reason_is_placed_again_at_once(monkeypatch):
+    """StandX rejects some accepted orders in matching; a side must not go dark for 5 s over one
+    such rejection (the refusal backoff is for reasons that repeat, such as margin)."""
+    def reject_the_next_two_orders(run: Run) -> None:
+        timing = run.sim.exchange._timing
+        real, left = timing.order, [2]
+
+        def order():
+            drawn = real()
+            if left[0]:
+                left[0] -= 1
+                return drawn._replace(rejected=True)
+            return drawn
+        monkeypatch.setattr(timing, "order", order)
+
+    # the move must reach the mark at once, so that the requote (and its rejection) is at 5 s
+    run = run_daemon(20, market=flat_market(), monkeypatch=monkeypatch, mark="mid",
+                     actions=[(5, reject_the_next_two_orders), (5, shift(3))])
+    assert run.metrics()["rejected_in_matching"] == 2
+    for side in ("buy", "sell"):
+        sent = quotes(run, run.t(5), side=side)
+        assert len(sent) >= 2 and sent[1].t - sent[0].t < 2.0, side
+    assert "quote refused by the exchange" not in run.logs
+    two_sided_at_the_end(run)
     finish(run)

@@ -17,7 +17,7 @@ import market_maker as mm
 import standx_api as api
 from standx_auth import StandXAuth, StandXError
 from standx_sim.simulate import throwaway_key
-from tests.sim_helpers import flat_sim
+from tests.sim_helpers import realistic_flat_sim, trade_through
 from tests.sim_process import REPO, account, clean_env, start_daemon_process, wait_until
 from tests.test_e2e import resting, run_for, start_daemon
 
@@ -173,17 +173,17 @@ def daemon_with_alerts(sim, **env):
 
 
 def test_daemon_alerts_a_fill_and_its_close():
-    sim = flat_sim()
+    sim = realistic_flat_sim()
     maker = daemon_with_alerts(sim)
     run_for(maker, 2)
     buy = resting(sim, maker, "buy")[0]
-    sim.exchange.add_trade(buy.price, Decimal("0.01"), "sell")
+    trade_through(sim, buy, Decimal("0.01"))
     run_for(maker, 3)
     assert maker.alerter.events() == ["fill", "close"]
 
 
 def test_daemon_alerts_a_mode_change():
-    sim = flat_sim()
+    sim = realistic_flat_sim()
     maker = daemon_with_alerts(sim)
     sim.exchange.set_balance(maker.auth.address.lower(), Decimal("75"))
     run_for(maker, 6)
@@ -191,7 +191,7 @@ def test_daemon_alerts_a_mode_change():
 
 
 def test_daemon_alerts_repeated_read_failures_once_and_their_recovery():
-    sim = flat_sim()
+    sim = realistic_flat_sim()
     maker = daemon_with_alerts(sim)
     sim.faults.add("error", path="/api/query_positions", for_s=30)
     run_for(maker, 40)
@@ -200,7 +200,7 @@ def test_daemon_alerts_repeated_read_failures_once_and_their_recovery():
 
 
 def test_daemon_alerts_start_and_stop_with_the_reason():
-    sim = flat_sim()
+    sim = realistic_flat_sim()
     config = mm.load_config({"WALLET_PRIVATE_KEY": throwaway_key(), "STANDX_AUTH_BASE_URL": "http://standx.sim",
                              "STANDX_PERPS_BASE_URL": "http://standx.sim"})
     maker = start_daemon(sim)
@@ -237,7 +237,7 @@ def test_reward_summary_says_whether_the_hour_is_on_track_for_the_boosted_tier()
 
 
 def test_status_line_includes_the_reward_estimate():
-    sim = flat_sim()
+    sim = realistic_flat_sim()
     maker = start_daemon(sim)
     run_for(maker, 5)
     assert "uptime 1h=" in maker.status_line() and "(1.0x on track)" in maker.status_line()

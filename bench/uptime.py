@@ -1,4 +1,5 @@
-"""Benchmark: the market maker on a calm and a volatile market, both requote modes.
+"""Benchmark: the market maker on a calm and a volatile market, with StandX's lagging mark and
+with mark = mid, in both requote modes, side by side in one run.
 
     python bench/uptime.py [--hours 3] [--seed 0] [--data-dir DIR] [--latency-ms 150] [--json PATH]
                            [--env-file PATH] [--max-seconds S] [--jobs N]
@@ -12,11 +13,14 @@ hours. With --data-dir DIR it replays instead the recorded hours the presets wer
 DIR/PREFIX.trades.csv.gz each), for example ../shared/market_data; a missing file is an error
 (exit 2).
 
-Every hour runs with MARKET_MAKER_REQUOTE=replace and =cancel_first, one hour per task on a pool
-of --jobs processes (default: the core count); it prints a line naming the market replayed, a
-markdown table (columns calm/replace, calm/cancel_first, volatile/replace, volatile/cancel_first)
-and the per-hour detail. Strategy settings come from the environment (and --env-file) as for a
-live run. wall_s and speedup are the only figures that depend on timing.
+Every hour runs four times: the simulator's mark model standx (StandX's formula, which trails
+the book: the default, as hard as the exchange) and mid (the rounded mid at once: what the
+simulator modelled before), each with MARKET_MAKER_REQUOTE=replace and =cancel_first; one hour
+per task on a pool of --jobs processes (default: the core count). It prints a line naming the
+market replayed, one markdown table per market (columns standx/replace, standx/cancel_first,
+mid/replace, mid/cancel_first) and the per-hour detail. Strategy settings come from the
+environment (and --env-file) as for a live run. wall_s and speedup are the only figures that
+depend on timing.
 """
 from __future__ import annotations
 
@@ -29,14 +33,18 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("calm", "volatile")  # presets of standx_sim/presets.py
+MARKS = ("standx", "mid")  # the simulator's mark models
 MODES = ("replace", "cancel_first")
 JOBS = os.cpu_count() or 1
 HOURS = 3
 HOUR_S = 3600
 
 
-def columns() -> list[tuple[str, str]]:
-    return [(group, mode) for group in GROUPS for mode in MODES]
+Column = tuple[str, str]  # (mark model, requote mode)
+
+
+def columns() -> list[Column]:
+    return [(mark, mode) for mark in MARKS for mode in MODES]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,21 +68,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def summary_rows(results: dict[tuple[str, str], dict]) -> list[tuple[str, list]]:
-    """The figures of each column (group/mode), from the totals of its hours."""
+def summary_rows(results: dict[Column, dict]) -> list[tuple[str, list]]:
+    """The figures of one market's columns (mark/mode), from the totals of its hours."""
     cols = [results[c]["total"] for c in columns()]
 
     def hourly(t: dict, key: str) -> float:
         return t[key] * HOUR_S / t["sim_seconds"] if t["sim_seconds"] else 0.0
 
     return [
-        ("uptime_pct (time-weighted)", [t["uptime_pct"] for t in cols]),
+        ("uptime_pct (two-sided, time-weighted)", [t["uptime_pct"] for t in cols]),
+        ("hours in the 1.0x tier", [f'{t["boosted_hours"]}/{t["hours"]}' for t in cols]),
         ("maker_hours (sum)", [t["maker_hours"] for t in cols]),
-        ("boosted_hours", [f'{t["boosted_hours"]}/{t["hours"]}' for t in cols]),
         ("fills_per_hour", [t["fills_per_hour"] for t in cols]),
+        ("partial_fills_per_hour", [t["partial_fills_per_hour"] for t in cols]),
+        ("post_only_rejects_per_hour", [t["post_only_rejects_per_hour"] for t in cols]),
+        ("rejected_in_matching (sum)", [t["rejected_in_matching"] for t in cols]),
+        ("429s (sum)", [t["rate_limited"] for t in cols]),
+        ("requests_per_s", [t["requests_per_s"] for t in cols]),
         ("orders_per_hour", [hourly(t, "orders_placed") for t in cols]),
         ("requotes_per_hour", [hourly(t, "requotes") for t in cols]),
-        ("requests_per_s", [t["requests_per_s"] for t in cols]),
         ("pnl (sum, before fees)", [t["pnl"] for t in cols]),
         ("fees (sum)", [t["fees"] for t in cols]),
         ("max_orders_per_side", [t["max_orders_per_side"] for t in cols]),
@@ -83,27 +95,26 @@ def summary_rows(results: dict[tuple[str, str], dict]) -> list[tuple[str, list]]
     ]
 
 
-def detail_rows(results: dict[tuple[str, str], dict]) -> list[tuple[str, list]]:
-    """One row per hour: uptime, maker hours, fills, requotes and wall time in each mode."""
+def detail_rows(results: dict[Column, dict]) -> list[tuple[str, list]]:
+    """One row per hour of one market: uptime, fills and post-only rejects in each column."""
     rows = []
-    for group in GROUPS:
-        for n, hour in enumerate(results[(group, MODES[0])]["hours"]):
-            figures = []
-            for mode in MODES:
-                h = results[(group, mode)]["hours"][n]
-                figures += [h["uptime_pct"], h["maker_hours"], h["fills"], h["requotes"], h["wall_s"]]
-            rows.append((hour["hour"], figures))
+    for n, hour in enumerate(results[columns()[0]]["hours"]):
+        figures = []
+        for column in columns():
+            h = results[column]["hours"][n]
+            figures += [h["uptime_pct"], h["fills"], h["post_only_rejects"]]
+        rows.append((hour["hour"], figures))
     return rows
 
 
-def run_task(source, config, latency_ms: float, max_seconds: float | None) -> dict | str:
+def run_task(source, config, latency_ms: float, max_seconds: float | None, mark: str) -> dict | str:
     """One hour (a recorded prefix or a backtest.SyntheticHour) in a worker: its figures, or the
     one-line configuration error it hit."""
     import market_maker as mm
     from standx_sim import backtest
     try:
         return backtest.run_hour(source, partial(mm.daemon_on, config, run_id=backtest.RUN_ID), config.qty,
-                                 latency_ms, max_seconds)
+                                 latency_ms, max_seconds, mark=mark)
     except mm.ConfigError as exc:  # (it does not survive pickling back to the parent)
         return f"configuration error: {exc}"
 
@@ -139,29 +150,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {(group, mode): [pool.submit(run_task, source, configs[mode], args.latency_ms, args.max_seconds)
-                                   for source in sources[group]]
-                   for group in GROUPS for mode in MODES}
+        futures = {(group, mark, mode): [pool.submit(run_task, source, configs[mode], args.latency_ms,
+                                                     args.max_seconds, mark)
+                                         for source in sources[group]]
+                   for group in GROUPS for mark, mode in columns()}
         outcomes = {key: [task.result() for task in tasks] for key, tasks in futures.items()}
     errors = [hour for hours in outcomes.values() for hour in hours if isinstance(hour, str)]
     if errors:
         print(errors[0], file=sys.stderr)
         return 2
-    results = {key: backtest.plain({"hours": hours, "total": backtest.totals(hours)})
-               for key, hours in outcomes.items()}
+    results = {group: {(mark, mode): backtest.plain({"hours": outcomes[(group, mark, mode)],
+                                                     "total": backtest.totals(outcomes[(group, mark, mode)])})
+                       for mark, mode in columns()}
+               for group in GROUPS}
 
-    header = ["figure"] + [f"{group}/{mode}" for group, mode in columns()]
     print(f"Backtest of the market maker on {market}; latency {args.latency_ms:g} ms "
-          "(wall_s and speedup depend on the machine, every other figure is reproducible).\n")
-    print(backtest.table(summary_rows(results), header))
-    print("\nPer hour (uptime_pct, maker_hours, fills, requotes, wall_s) for replace, then cancel_first:\n")
-    detail_header = ["hour"] + [f"{mode} {figure}" for mode in MODES
-                                for figure in ("uptime", "mh", "fills", "requotes", "wall_s")]
-    print(backtest.table(detail_rows(results), detail_header))
+          "(wall_s and speedup depend on the machine, every other figure is reproducible).")
+    header = ["figure"] + [f"{mark}/{mode}" for mark, mode in columns()]
+    detail_header = ["hour"] + [f"{mark}/{mode} {figure}" for mark, mode in columns()
+                                for figure in ("uptime", "fills", "rejects")]
+    for group in GROUPS:
+        print(f"\n{group} (mark model / requote mode):\n")
+        print(backtest.table(summary_rows(results[group]), header))
+        print(f"\n{group}, per hour (uptime_pct, fills, post-only rejects):\n")
+        print(backtest.table(detail_rows(results[group]), detail_header))
     if args.json:
         data = {"note": backtest.TIMING_NOTE, "market": market, "latency_ms": args.latency_ms,
                 "max_seconds": args.max_seconds,
-                "columns": {f"{group}/{mode}": results[(group, mode)] for group, mode in columns()}}
+                "columns": {f"{group}/{mark}/{mode}": results[group][(mark, mode)]
+                            for group in GROUPS for mark, mode in columns()}}
         Path(args.json).write_text(backtest.report_json(data))
     return 0
 

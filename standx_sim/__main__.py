@@ -21,6 +21,7 @@ from market_maker import number_argument
 from .clock import WallClock
 
 from .exchange import SymbolSpec
+from .mark import MARK_MODELS
 from .market import Market, RecordedMarket
 from .presets import PRESETS
 from .ratelimit import DEFAULT_RATE_LIMITS
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "ignored with --market-data)")
     serve.add_argument("--symbol", choices=sorted(SYMBOLS), default="BTC-USD",
                        help="the symbol traded (default BTC-USD); --market-data must be recordings of it")
+    serve.add_argument("--mark", choices=MARK_MODELS, default="standx",
+                       help="mark price model: standx (StandX's formula, lagging the book; default) or mid")
     serve.add_argument("--seed", type=int, default=0, help="seed of the synthetic market, faults and delays")
     serve.add_argument("--meter-qty", type=number_argument(Decimal), default=Decimal("0"),
                        help="minimum order qty that counts for uptime metering")
@@ -80,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="seed of the first synthetic hour; the next ones take the following seeds (default 0)")
     backtest.add_argument("--latency-ms", type=number_argument(float), default=150.0,
                           help="round-trip latency of every request, on the virtual clock (default 150)")
+    backtest.add_argument("--mark", choices=MARK_MODELS, default="standx",
+                          help="the simulator's mark price: standx (StandX's formula, lagging the book; the "
+                               "default) or mid (the rounded mid at once: gentler than StandX)")
     backtest.add_argument("--requote", choices=("replace", "cancel_first"), default=None,
                           help="override MARKET_MAKER_REQUOTE")
     backtest.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON here")
@@ -122,7 +128,8 @@ def backtest_command(args: argparse.Namespace) -> int:
         for prefix in args.market_data or []:
             bt.check_prefix(prefix)
         daemon = partial(mm.daemon_on, config, run_id=bt.RUN_ID)
-        hours = bt.run_hours(sources, daemon, config.qty, args.latency_ms, args.max_seconds, args.jobs)
+        hours = bt.run_hours(sources, daemon, config.qty, args.latency_ms, args.max_seconds, args.jobs,
+                             mark=args.mark)
     except mm.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -132,7 +139,7 @@ def backtest_command(args: argparse.Namespace) -> int:
     settings = {"market": market, "latency_ms": args.latency_ms, "requote": config.requote_mode, "qty": config.qty,
                 "band_bps": [config.band.target_bps, config.band.min_bps, config.band.max_bps],
                 "check_interval_s": config.check_interval_s, "time_in_force": config.time_in_force,
-                "max_seconds": args.max_seconds, "snapshots_per_hour": bt.SNAPSHOTS_PER_HOUR}
+                "max_seconds": args.max_seconds, "snapshots_per_hour": bt.SNAPSHOTS_PER_HOUR, "mark": args.mark}
     data = bt.report(hours, settings)
     print(f"market: {market}\n")
     print(bt.report_table(data))
@@ -159,7 +166,7 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"standx_sim: cannot load market data: {e}", file=sys.stderr)
         return 2
     delay_s = None if args.visibility_delay_ms is None else args.visibility_delay_ms / 1000  # None: random delays
-    sim = Simulator(clock, market, default_balance=args.balance, symbol=args.symbol,
+    sim = Simulator(clock, market, default_balance=args.balance, symbol=args.symbol, mark=args.mark,
                     visibility_delay_s=delay_s, meter_qty=args.meter_qty, seed=args.seed,
                     rate_limits=None if args.no_rate_limits else DEFAULT_RATE_LIMITS)
     server = SimServer(sim, port=args.port, latency_s=args.latency_ms / 1000)

@@ -23,9 +23,14 @@ Report keys (per hour and in total):
                          SNAPSHOTS_PER_HOUR random snapshot moments over the simulated span
     boosted_hours        1 when >= 70 % of the snapshots were two-sided (value > 0), else 0
     fills, fills_per_hour  fills of our quotes (maker fills); taker_fills = our closing orders
+    partial_fills(_per_hour)  maker fills that left part of the order resting
     orders_placed        orders the exchange accepted (quotes and closes)
+    post_only_rejects(_per_hour)  our alo quotes rejected in matching for crossing the book
+                         (the lagging mark sits away from the book in fast moves)
+    rejected_in_matching orders rejected in matching for no reason of ours (delays.py)
     requotes             the daemon's requote counter
     requests, requests_per_s  every request the simulator answered (public, login, private)
+    rate_limited         requests of ours refused with 429 (StandX's rate limits)
     pnl                  realized + unrealized PnL at the end, before fees (USD)
     fees                 fees paid (USD)
     max_orders_per_side  most orders of ours resting on one side at once
@@ -75,9 +80,10 @@ TIMING_FIELDS = ("wall_s", "speedup")
 TIMING_NOTE = "wall_s and speedup are the only timing-dependent fields; all others are identical for the same inputs"
 DECIMALS = 6
 
-FIGURES = ("uptime_pct", "maker_hours", "boosted_hours", "fills", "fills_per_hour", "taker_fills",
-           "orders_placed", "requotes", "requests", "requests_per_s", "pnl", "fees",
-           "max_orders_per_side", "sim_seconds", "wall_s", "speedup", "exit_code")
+FIGURES = ("uptime_pct", "maker_hours", "boosted_hours", "fills", "fills_per_hour", "partial_fills",
+           "taker_fills", "orders_placed", "post_only_rejects", "rejected_in_matching", "requotes", "requests",
+           "requests_per_s", "rate_limited", "pnl", "fees", "max_orders_per_side", "sim_seconds", "wall_s",
+           "speedup", "exit_code")
 
 
 class DataError(Exception):
@@ -186,10 +192,11 @@ def replay_session(adapter: InProcessAdapter, lean: bool = True) -> requests.Ses
 
 
 def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Decimal, latency_ms: float = 150.0,
-             max_seconds: float | None = None, lean: bool = True) -> dict:
+             max_seconds: float | None = None, lean: bool = True, mark: str = "standx") -> dict:
     """Replay one hour with the daemon the factory builds; the hour's figures (see the module
     docstring). meter_qty: the smallest quote that counts for uptime (the daemon's order size);
-    lean: the daemon's Session is an InProcessSession (see replay_session)."""
+    lean: the daemon's Session is an InProcessSession (see replay_session); mark: the
+    simulator's mark model ("standx", StandX's lagging mark, or "mid")."""
     wall_started = time.perf_counter()
     name, market = load_hour(source)
     start_ts = market.start_ts
@@ -197,7 +204,7 @@ def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Deci
     if max_seconds is not None:
         duration_s = min(duration_s, max_seconds)
     clock = VirtualClock(start_ts)
-    sim = Simulator(clock, market=market, meter_qty=meter_qty)
+    sim = Simulator(clock, market=market, meter_qty=meter_qty, mark=mark)
     sim.exchange.schedule_snapshots(snapshot_times(start_ts, duration_s))
 
     maker, address = daemon(replay_session(sim.adapter(latency_s=latency_ms / 1000), lean), clock)
@@ -211,6 +218,7 @@ def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Deci
     return {
         **figures,
         "hour": name,
+        "mark": mark,
         "start_ts": start_ts,
         "exit_code": exit_code,
         "two_sided_s": metrics["two_sided_s"],
@@ -220,6 +228,8 @@ def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Deci
         "maker_hours": maker_hours(snapshots),
         "boosted_hours": int(is_boosted(snapshots)),
         "fills_per_hour": per_hour(figures["fills"], sim_seconds),
+        "partial_fills_per_hour": per_hour(figures["partial_fills"], sim_seconds),
+        "post_only_rejects_per_hour": per_hour(figures["post_only_rejects"], sim_seconds),
         "wall_s": wall_s,
         "speedup": sim_seconds / wall_s,
     }
@@ -227,13 +237,13 @@ def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Deci
 
 def run_hours(sources: Sequence[str | SyntheticHour], daemon: DaemonFactory, meter_qty: Decimal,
               latency_ms: float = 150.0, max_seconds: float | None = None, jobs: int = 1,
-              lean: bool = True) -> list[dict]:
+              lean: bool = True, mark: str = "standx") -> list[dict]:
     """run_hour for each source, the figures in the order of the sources: in this process with
     jobs=1, else on up to `jobs` processes. Each hour starts from nothing but its source, so the
     figures are the same either way; the daemon factory must pickle (a functools.partial of a
     top-level function does)."""
     hour = partial(run_hour, daemon=daemon, meter_qty=meter_qty, latency_ms=latency_ms, max_seconds=max_seconds,
-                   lean=lean)
+                   lean=lean, mark=mark)
     workers = min(jobs, len(sources))
     if workers <= 1:
         return [hour(source) for source in sources]
@@ -258,13 +268,17 @@ def totals(hours: list[dict]) -> dict:
 
     sim_seconds, wall_s = total("sim_seconds"), total("wall_s")
     result = {key: total(key) for key in ("two_sided_s", "metered_s", "snapshots", "two_sided_snapshots",
-                                           "maker_hours", "boosted_hours", "fills", "taker_fills",
-                                           "orders_placed", "requotes", "requests", "pnl", "fees")}
+                                           "maker_hours", "boosted_hours", "fills", "partial_fills",
+                                           "taker_fills", "orders_placed", "post_only_rejects",
+                                           "rejected_in_matching", "requotes", "requests", "rate_limited",
+                                           "pnl", "fees")}
     result.update({
         "hours": len(hours),
         "exit_code": max((h["exit_code"] for h in hours), default=0),
         "uptime_pct": percent(result["two_sided_s"], result["metered_s"]),
         "fills_per_hour": per_hour(result["fills"], sim_seconds),
+        "partial_fills_per_hour": per_hour(result["partial_fills"], sim_seconds),
+        "post_only_rejects_per_hour": per_hour(result["post_only_rejects"], sim_seconds),
         "requests_per_s": result["requests"] / sim_seconds if sim_seconds > 0 else 0.0,
         "max_orders_per_side": max((h["max_orders_per_side"] for h in hours), default=0),
         "sim_seconds": sim_seconds,

@@ -70,6 +70,7 @@ from .market import Market
 log = logging.getLogger(__name__)
 
 BPS = 1e-4
+MARK_MODELS = ("standx", "mid")  # the kinds mark_model builds
 
 
 class MarkPrice(Protocol):

@@ -38,10 +38,11 @@ def run_report(sim: Simulator, address: str, requotes: int, wall_s: float) -> di
 
 def summary(report: dict[str, Any]) -> str:
     return (f"simulated {report['sim_seconds']:.0f} s: two-sided uptime {report['uptime_pct']:.2f}%, "
-            f"{report['fills']} fills of our quotes ({report['taker_fills']} closes), "
-            f"{report['orders_placed']} orders, {report['requotes']} requotes, "
-            f"{report['requests_per_s']:.2f} requests/s, pnl {report['pnl']}, fees {report['fees']}, "
-            f"{report['open_orders_at_end']} open orders at the end")
+            f"{report['fills']} fills of our quotes ({report['partial_fills']} partial; "
+            f"{report['taker_fills']} closes), {report['orders_placed']} orders, "
+            f"{report['post_only_rejects']} post-only rejects, {report['requotes']} requotes, "
+            f"{report['requests_per_s']:.2f} requests/s ({report['rate_limited']} refused with 429), "
+            f"pnl {report['pnl']}, fees {report['fees']}, {report['open_orders_at_end']} open orders at the end")
 
 
 def write_report(report: dict[str, Any], path: str) -> None:

@@ -23,7 +23,8 @@ needs_data = pytest.mark.skipif(not (DATA_DIR / "BTC-USD_2026-01-06_00.bbo.csv.g
                                 reason="recorded market data (../shared/market_data) is absent")
 REPORT_KEYS = {"uptime_pct", "maker_hours", "boosted_hours", "fills", "fills_per_hour", "orders_placed",
                "requotes", "requests", "requests_per_s", "pnl", "fees", "max_orders_per_side",
-               "sim_seconds", "wall_s", "speedup"}
+               "sim_seconds", "wall_s", "speedup", "partial_fills", "post_only_rejects", "rejected_in_matching",
+               "rate_limited", "partial_fills_per_hour", "post_only_rejects_per_hour"}
 DELAY_S = 0.25
 QTY = Decimal("0.0010")
 
@@ -259,7 +260,10 @@ def test_the_benchmark_on_a_fresh_clone_runs_both_presets_labelled_synthetic(tmp
     assert "| synthetic-calm-seed0 " in result.stdout and "| synthetic-volatile-seed0 " in result.stdout
     report = json.loads(out.read_text())
     assert report["market"].startswith("SYNTHETIC")
-    assert set(report["columns"]) == {"calm/replace", "calm/cancel_first", "volatile/replace", "volatile/cancel_first"}
+    assert set(report["columns"]) == {f"{market}/{mark}/{mode}" for market in ("calm", "volatile")
+                                      for mark in ("standx", "mid") for mode in ("replace", "cancel_first")}
+    assert "| standx/replace | standx/cancel_first | mid/replace | mid/cancel_first |" in " ".join(
+        result.stdout.split())  # side by side in one table per market
 
 
 def test_the_benchmark_asked_for_recordings_that_are_absent_exits_2_naming_the_file(tmp_path):

@@ -172,8 +172,9 @@ def test_simulate_runs_without_any_env_shows_its_status_every_10_s_and_writes_it
         cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(report.read_text())
-    for key in ("uptime_pct", "fills", "taker_fills", "orders_placed", "requotes", "requests", "requests_per_s",
-                "pnl", "fees", "open_orders_at_end", "sim_seconds", "wall_s"):
+    for key in ("uptime_pct", "fills", "partial_fills", "taker_fills", "orders_placed", "post_only_rejects",
+                "rejected_in_matching", "requotes", "requests", "requests_per_s", "rate_limited", "pnl", "fees",
+                "open_orders_at_end", "sim_seconds", "wall_s"):
         assert key in figures
     assert figures["open_orders_at_end"] == 0
     assert figures["orders_placed"] >= 2 and figures["requests"] > 0

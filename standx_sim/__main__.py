@@ -35,10 +35,30 @@ def _balance(text: str) -> Decimal | None:
     return None if text.lower() == "none" else number_argument(Decimal)(text)
 
 
+SERVE_MODELS = """\
+what it models, by default (docs/simulator.md has the details):
+  - every check of the REST contract; what StandX's documentation allows is accepted, what it
+    does not mention is accepted with a warning in the log, what it forbids is refused
+  - StandX's mark price: a median of three prices around an index that trails the book by ~5 s,
+    recomputed every second, so a quote priced off the mark can cross the book (--mark mid: the
+    rounded mid at once)
+  - rate limits: ~22 requests/s per account (burst 20) and 50/s per client address, then 429
+    with Retry-After (--no-rate-limits)
+  - orders visible after a random delay (median 200 ms, ~5% over 1 s, ~0.5% over 3 s), 0.2%
+    rejected in matching; post-only quotes that would cross rejected
+  - a queue at each price: the recorded size ahead of an order trades first; partial fills
+  - BTC-USD, ETH-USD, XAU-USD (one per instance; rules can change during a run), gzip answers,
+    injectable faults (POST /_sim/faults), flat memory over days
+not modelled: WebSocket streams, depth beyond the best level, our orders moving the book,
+funding payments, liquidation, TP/SL orders, several symbols at once
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m standx_sim", description="A local StandX Perps simulator.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="serve the StandX API over HTTP on 127.0.0.1")
+    serve = commands.add_parser("serve", help="serve the StandX API over HTTP on 127.0.0.1",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SERVE_MODELS)
     serve.add_argument("--port", type=number_argument(int), default=0, help="TCP port (default 0: a free port)")
     serve.add_argument("--market-data", nargs="+", metavar="PREFIX", default=None,
                        help="replay PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz (in order) instead of a synthetic market")

@@ -209,3 +209,15 @@ def test_serve_with_a_bad_argument_exits_2():
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 2
     assert "--balance" in stderr
+
+
+def test_serve_help_says_what_the_simulator_models_and_what_it_does_not(capsys):
+    from standx_sim.__main__ import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = capsys.readouterr().out
+    models, not_modelled = text.split("what it models")[1].split("not modelled:")
+    for modelled in ("mark price", "rate limits", "429", "random delay", "rejected in matching", "queue",
+                     "partial fills", "ETH-USD", "gzip"):
+        assert modelled in models, modelled
+    assert "WebSocket" in not_modelled and "depth" in not_modelled

@@ -775,6 +775,10 @@ class MarketMaker:
         check_qty(self.config.qty, rules)
         if self.rules is not None and rules != self.rules:
             log.info("symbol rules changed: %s", rules)
+            # Quotes refused under the old rules (a price off the new tick) say nothing about
+            # the new ones: every side may quote again at once.
+            self.refusals.clear()
+            self.refused_since = None
         self.rules, self.rules_read_at = rules, self.clock.monotonic()
         self.qty = self.config.qty.quantize(rules.lot)
 
@@ -1368,6 +1372,9 @@ class MarketMaker:
         """A refusal that will not pass by itself: the side waits (a few tries a minute at
         most), and once every quote has been refused for REFUSED_STOP_S the daemon stops."""
         now = self.clock.monotonic()
+        # StandX can change a symbol's tick or lot at any time, and the refusal of a quote on
+        # the old grid is the first sign: the rules are read again in the next loop.
+        self.rules_read_at = float("-inf")
         count = self.refusals.get(side, (0, 0.0))[0] + 1
         pause_s = REFUSAL_BACKOFF_S[min(count, len(REFUSAL_BACKOFF_S)) - 1]
         self.refusals[side] = (count, now + pause_s)

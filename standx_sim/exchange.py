@@ -353,6 +353,8 @@ class Exchange:
         self.advance()  # what happened before the change happened under the old rules
         self.spec = spec
         self._marks.set_tick(spec.tick)
+        self._mark = self._marks.mark  # on the new grid at once: metering and checks use it
+        self._refresh_meters(self._quoting_accounts())
 
     # ---- market -----------------------------------------------------------------------
 

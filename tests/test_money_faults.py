@@ -521,3 +521,19 @@ def test_a_quote_rejected_in_matching_for_no_lasting_reason_is_placed_again_at_o
     assert "quote refused by the exchange" not in run.logs
     two_sided_at_the_end(run)
     finish(run)
+
+
+def test_after_the_tick_changes_the_first_refused_quote_makes_the_daemon_read_the_new_rules(monkeypatch):
+    """StandX can change a symbol's tick at runtime; a quote on the old grid is refused. The
+    refusal must make the daemon read the rules again at once, not after its 5-minute refresh."""
+    # the move must reach the mark at once, so that the requote is at 6 s
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch, mark="mid", actions=[
+        (5, lambda run: run.sim.set_symbol_rules(price_tick_decimals=0)), (6, shift(3))])
+    sent = run.sent("/api/new_order", run.t(6))
+    refused = [r for r in sent if r.status == 400]
+    on_the_new_grid = [r for r in sent if r.status == 200 and "." not in r.body["price"]]
+    assert refused and on_the_new_grid
+    assert on_the_new_grid[0].t - refused[0].t < 2.0
+    assert len(refused) <= 2  # one per side at most: the rules are read before the next try
+    two_sided_at_the_end(run)
+    finish(run)

@@ -357,3 +357,14 @@ def test_uptime_follows_the_mark_at_its_ticks_not_the_book():
     # the buy stayed in band for a while after the book moved (the mark lags), then left it
     assert 1.0 < after["buy_in_band_s"] - in_band_at_move < 30.0
     assert sim.exchange.mark_price() > mark
+
+
+def test_a_tick_change_puts_the_engines_mark_on_the_new_grid_at_once():
+    from standx_sim.symbols import with_rules
+    sim = lagging_sim(mark="standx")
+    sim.exchange.set_mid(Decimal("95001.3"))  # a mark with a decimal once it has followed
+    sim.clock.sleep(60)
+    assert sim.exchange.mark_price() % 1 != 0
+    sim.exchange.set_spec(with_rules(sim.exchange.spec, {"price_tick_decimals": 0}))
+    assert sim.exchange.mark_price() % 1 == 0
+    assert sim.exchange.index_price() % 1 == 0

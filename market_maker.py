@@ -120,6 +120,13 @@ HARD_EXIT_LOG_S = 0.3
 REFUSAL_BACKOFF_S = (5.0, 10.0, 20.0, 30.0)
 REFUSED_STOP_S = 300.0
 PASSING_REFUSALS = ("alo", "post only", "post-only", "cross")
+# StandX's mark trails the book in fast moves, so a quote at the target from the mark can sit
+# next to a running book. A new quote keeps the band's minimum distance from the book's mid as
+# well; a resting one is replaced once the mid comes within this share of that minimum. On the
+# recorded volatile hours, against no such rule: 4 fills instead of 52, uptime 83.2% instead of
+# 84.9% (replace); 3 fills instead of 45, 75.9% instead of 70.4% (cancel_first). Replacing it at
+# the full minimum costs 10 points of uptime in requotes; never replacing it, 17 fills.
+BOOK_REQUOTE_SHARE = Decimal("0.5")
 # This many loops in a row without a decision (failed reads) raise the "failures" alert.
 FAILED_LOOPS_ALERT = 20
 STARTUP_BACKOFF_MAX_S = 60.0
@@ -305,21 +312,30 @@ def round_to_step(value: Decimal, step: Decimal, rounding: str) -> Decimal:
 
 
 def quote_price(side: str, mark: Decimal, target_bps: Decimal, tick: Decimal,
-                best_bid: Decimal | None = None, best_ask: Decimal | None = None) -> Decimal:
+                best_bid: Decimal | None = None, best_ask: Decimal | None = None,
+                book_gap_bps: Decimal | None = None) -> Decimal:
     """Target price for a side, rounded to the tick away from the mark.
 
-    A post-only quote that would cross the book is rejected, so a buy stays below the best
-    ask and a sell above the best bid (mark can sit away from the book in fast markets).
+    The mark can sit bps away from the book in fast markets (StandX's mark trails it), so the
+    book bounds the price too: a buy stays below the best ask and a sell above the best bid
+    (a post-only quote that would cross is rejected), and with book_gap_bps neither comes
+    nearer the book's mid than that: a quote that close is the one the running price fills.
     """
     offset = mark * target_bps / Decimal(10000)
+    known = best_bid is not None and best_ask is not None and book_gap_bps is not None
+    mid = (best_bid + best_ask) / 2 if known else None
     if side == BUY:
         price = round_to_step(mark - offset, tick, ROUND_FLOOR)
         if best_ask is not None:
             price = min(price, round_to_step(best_ask - tick, tick, ROUND_FLOOR))
+        if mid is not None:
+            price = min(price, round_to_step(mid * (1 - book_gap_bps / 10000), tick, ROUND_FLOOR))
     else:
         price = round_to_step(mark + offset, tick, ROUND_CEILING)
         if best_bid is not None:
             price = max(price, round_to_step(best_bid + tick, tick, ROUND_CEILING))
+        if mid is not None:
+            price = max(price, round_to_step(mid * (1 + book_gap_bps / 10000), tick, ROUND_CEILING))
     return price
 
 
@@ -331,6 +347,13 @@ def distance_bps(side: str, price: Decimal, mark: Decimal) -> Decimal:
 
 def in_band(side: str, price: Decimal, mark: Decimal, band: Band) -> bool:
     return band.min_bps <= distance_bps(side, price, mark) <= band.max_bps
+
+
+def near_the_book(side: str, price: Decimal, market: Market, gap_bps: Decimal) -> bool:
+    """A quote nearer the book's mid than gap_bps (False while the book is unknown)."""
+    if market.best_bid is None or market.best_ask is None:
+        return False
+    return distance_bps(side, price, (market.best_bid + market.best_ask) / 2) < gap_bps
 
 
 def signed_position(rows: Any, symbol: str) -> Decimal:
@@ -1228,8 +1251,10 @@ class MarketMaker:
         a stray): two such orders could fill together and double the position."""
         return self.side_may_quote(side) and self.orders_on_side(side) == 0
 
-    def side_needs_requote(self, side: str, mark: Decimal) -> bool:
-        """A side needs a new quote when it has none, or its resting one left the band.
+    def side_needs_requote(self, side: str, market: Market) -> bool:
+        """A side needs a new quote when it has none, or its resting one left the band of the
+        mark, or the book's mid came within half the band's minimum of it (the mark trails the
+        book in fast moves: that quote is the one the running price fills).
 
         An order still in flight counts as present: at most one order in flight per side.
         """
@@ -1238,7 +1263,14 @@ class MarketMaker:
             return True
         if any(not o.seen for o in active):
             return False
-        return any(o.stale or not in_band(side, o.price, mark, self.band) for o in active)
+        return any(o.stale or not in_band(side, o.price, market.mark, self.band)
+                   or near_the_book(side, o.price, market, self.band.min_bps * BOOK_REQUOTE_SHARE)
+                   for o in active)
+
+    def _already_at_target(self, side: str, market: Market) -> bool:
+        """The side's quote rests where a new one would go: the book keeps it out of the band
+        (see quote_price), and replacing it with itself would only leave the side bare."""
+        return any(o.seen and not o.stale and o.price == self._price_for(side, market) for o in self._active(side))
 
     def side_blocked_by_position(self, side: str) -> bool:
         """While a position is open, never add to it: the side that would grow it waits."""
@@ -1251,7 +1283,8 @@ class MarketMaker:
         if age_s > PRICE_MAX_AGE_S:
             log.info("price read is %.1f s old: no quote decision on it", age_s)
             return
-        sides = [s for s in SIDES if self.side_may_quote(s) and self.side_needs_requote(s, market.mark)]
+        sides = [s for s in SIDES if self.side_may_quote(s) and self.side_needs_requote(s, market)
+                 and not self._already_at_target(s, market)]
         if not sides:
             return
         if self.config.requote_mode == "cancel_first":
@@ -1317,7 +1350,7 @@ class MarketMaker:
     def _price_for(self, side: str, market: Market) -> Decimal:
         assert self.rules is not None
         return quote_price(side, market.mark, self.band.target_bps, self.rules.tick,
-                           market.best_bid, market.best_ask)
+                           market.best_bid, market.best_ask, self.band.min_bps)
 
     def new_cl_ord_id(self, side: str) -> str:
         self.order_counter += 1

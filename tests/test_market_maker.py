@@ -86,6 +86,25 @@ def test_sell_quote_stays_above_the_best_bid_when_mark_is_below_the_book():
     assert price == Decimal("100.201")
 
 
+@pytest.mark.parametrize("side, expected", [
+    # the mark (100) trails a book that rose to 100.05 / 100.07: a sell 7.5 bps over the mark
+    # (100.075) would rest 0.9 bps over the mid; it goes 7 bps over the mid instead
+    ("sell", Decimal("100.131")),
+    ("buy", Decimal("99.925")),  # the buy, 12.5 bps under the mid already, is the mark's
+])
+def test_no_quote_comes_nearer_the_books_mid_than_the_gap_when_the_mark_trails_the_book(side, expected):
+    price = mm.quote_price(side, Decimal("100"), Decimal("7.5"), Decimal("0.001"),
+                           best_bid=Decimal("100.05"), best_ask=Decimal("100.07"), book_gap_bps=Decimal(7))
+    assert price == expected
+
+
+def test_with_the_mark_at_the_mid_the_gap_changes_nothing():
+    for side in ("buy", "sell"):
+        assert mm.quote_price(side, Decimal("100"), Decimal("7.5"), Decimal("0.001"), best_bid=Decimal("99.99"),
+                              best_ask=Decimal("100.01"), book_gap_bps=Decimal(7)) == \
+            mm.quote_price(side, Decimal("100"), Decimal("7.5"), Decimal("0.001"))
+
+
 @pytest.mark.parametrize("side, price, inside", [
     ("buy", "99.93", True),    # 7.0 bps: the lower edge counts
     ("buy", "99.90", True),    # 10 bps: the upper edge counts
@@ -333,7 +352,28 @@ def test_no_replacement_joins_a_quote_whose_cancel_failed(maker, exchange):
 
 
 def test_side_with_no_order_needs_a_quote(maker):
-    assert maker.side_needs_requote("buy", Decimal("100")) is True
+    assert maker.side_needs_requote("buy", mm.Market(Decimal("100"), None, None, 0.0)) is True
+
+
+@pytest.mark.parametrize("sell_price, needs", [
+    ("100.079", False),  # 7.9 bps over the mark, 3.9 over the mid: in band and clear of the book
+    ("100.074", True),   # 3.4 bps over the mid: within half the band's minimum (3.5) of the book
+])
+def test_a_resting_quote_is_replaced_once_the_book_comes_within_half_the_minimum(maker, sell_price, needs):
+    """The mark (100) trails a book that rose to 100.03 / 100.05 (mid 100.04)."""
+    maker.orders = [mm.OurOrder("sxmmsq1", "sell", Decimal(sell_price), 0.0, seen=True)]
+    market = mm.Market(Decimal("100"), Decimal("100.03"), Decimal("100.05"), 0.0)
+    assert maker.side_needs_requote("sell", market) is needs
+
+
+def test_a_quote_the_book_keeps_out_of_the_band_is_not_replaced_by_itself(maker):
+    """The book rose 12 bps past a lagging mark: the sell sits 7 bps over the mid, out of the
+    mark's band; a new quote would go to the same price, so the side keeps it."""
+    market = mm.Market(Decimal("100"), Decimal("100.11"), Decimal("100.13"), maker.clock.monotonic())
+    price = maker._price_for("sell", market)
+    assert price == Decimal("100.191")  # 7 bps over the mid 100.12
+    maker.orders = [mm.OurOrder("sxmmsq2", "sell", price, 0.0, seen=True)]
+    assert maker.side_needs_requote("sell", market) and maker._already_at_target("sell", market)
 
 
 def test_side_with_order_in_flight_is_not_quoted_again(maker, exchange):

@@ -18,6 +18,7 @@ from tests.fault_harness import (QTY, Run, assert_nothing_arrives_late, assert_n
                                  flat_market, run_daemon)
 from tests.sim_helpers import trade_through
 
+FLAT_MID = Decimal("95000")  # fault_harness.flat_market: 94999.9 / 95000.1
 READS = ("/api/query_positions", "/api/query_symbol_price", "/api/query_open_orders",
          "/api/query_balance")
 
@@ -535,5 +536,28 @@ def test_after_the_tick_changes_the_first_refused_quote_makes_the_daemon_read_th
     assert refused and on_the_new_grid
     assert on_the_new_grid[0].t - refused[0].t < 2.0
     assert len(refused) <= 2  # one per side at most: the rules are read before the next try
+    two_sided_at_the_end(run)
+    finish(run)
+
+
+def test_when_the_mark_trails_a_rally_the_sell_keeps_its_distance_from_the_book_and_is_not_filled(monkeypatch):
+    """StandX's mark trails the book: after the book jumps 6 bps, a sell 7.5 bps over the mark
+    would rest 1.5 bps over the mid and the rally would fill it. It keeps MIN_BPS from the mid,
+    and a quote the book keeps out of the band is not replaced by itself loop after loop."""
+    def rally(run: Run) -> None:
+        run.sim.exchange.shift_bps(6)
+
+    def buyers_lift_near_the_touch(run: Run) -> None:
+        book = run.sim.exchange.book()
+        run.sim.exchange.add_trade(book.ask * (1 + Decimal("0.0003")), QTY, "buy")  # 3 bps through the ask
+
+    run = run_daemon(30, market=flat_market(), monkeypatch=monkeypatch,
+                     actions=[(5, rally), (7, buyers_lift_near_the_touch)])
+    assert run.max_abs_position == 0
+    sells = quotes(run, run.t(5), side="sell")
+    mid_after = FLAT_MID * (1 + Decimal("0.0006"))  # shift_bps rounds to the tick: within 0.1
+    assert sells and all(Decimal(r.body["price"]) >= mid_after * (1 + Decimal("0.0007")) - Decimal("0.1")
+                         for r in sells)
+    assert run.maker.requotes <= 6  # no replacement of a quote by itself every loop
     two_sided_at_the_end(run)
     finish(run)

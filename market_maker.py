@@ -1268,9 +1268,14 @@ class MarketMaker:
                    for o in active)
 
     def _already_at_target(self, side: str, market: Market) -> bool:
-        """The side's quote rests where a new one would go: the book keeps it out of the band
-        (see quote_price), and replacing it with itself would only leave the side bare."""
-        return any(o.seen and not o.stale and o.price == self._price_for(side, market) for o in self._active(side))
+        """A replacement would gain nothing: the side's quote rests where a new one would go, or
+        the book keeps the new one out of the band too (see quote_price) while the resting one
+        is clear of the book. Replacing it would only leave the side bare for a moment."""
+        target = self._price_for(side, market)
+        target_out = not in_band(side, target, market.mark, self.band)
+        return any(o.seen and not o.stale and (o.price == target or (
+            target_out and not near_the_book(side, o.price, market, self.band.min_bps * BOOK_REQUOTE_SHARE)))
+            for o in self._active(side))
 
     def side_blocked_by_position(self, side: str) -> bool:
         """While a position is open, never add to it: the side that would grow it waits."""

@@ -8,13 +8,14 @@ order of ours may appear after the stop. Then each test checks what its defect n
 """
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from email.utils import formatdate
 
 import pytest
 
 import market_maker as mm
-from tests.fault_harness import (QTY, Run, assert_nothing_arrives_late, assert_nothing_lost,
+from tests.fault_harness import (QTY, START_TS, Run, assert_nothing_arrives_late, assert_nothing_lost,
                                  flat_market, run_daemon)
 from tests.sim_helpers import trade_through
 
@@ -561,3 +562,34 @@ def test_when_the_mark_trails_a_rally_the_sell_keeps_its_distance_from_the_book_
     assert run.maker.requotes <= 6  # no replacement of a quote by itself every loop
     two_sided_at_the_end(run)
     finish(run)
+
+
+def test_a_mark_that_stays_off_the_book_does_not_make_the_guarded_side_churn(monkeypatch):
+    """Found by review: with StandX's mark 4 bps over the book's mid for a while (the mark
+    falls back to the index while no trade prints), the book keeps the buy 11 bps under the mark,
+    out of the band. It was replaced by another out-of-band buy each time the mid moved a tick."""
+    from standx_sim.presets import PRESETS
+    from standx_sim.wire import decompress
+
+    def mark_over_the_mid(bps: str):
+        def setup(run: Run) -> None:
+            inner = run.sim.handle
+
+            def handle(method, path, query, headers, body):
+                status, out_headers, out_body = inner(method, path, query, headers, body)
+                if path == "/api/query_symbol_price" and status == 200:
+                    prices = json.loads(decompress(out_body, out_headers.get("Content-Encoding")))
+                    mid = (Decimal(prices["spread_bid"]) + Decimal(prices["spread_ask"])) / 2
+                    prices["mark_price"] = str((mid * (1 + Decimal(bps) / 10000)).quantize(Decimal("0.1")))
+                    out_headers = {k: v for k, v in out_headers.items() if k.lower() != "content-encoding"}
+                    out_body = json.dumps(prices).encode()
+                return status, out_headers, out_body
+            run.sim.handle = handle
+        return setup
+
+    def calm_market():
+        return PRESETS["calm"].figures.market(1, START_TS)
+    at_the_mid = run_daemon(900, market=calm_market(), mark="mid", setup=mark_over_the_mid("0"))
+    over_the_mid = run_daemon(900, market=calm_market(), mark="mid", setup=mark_over_the_mid("4"))
+    assert over_the_mid.maker.requotes <= 2 * at_the_mid.maker.requotes
+    finish(over_the_mid)

@@ -16,6 +16,7 @@ import time
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import base58
@@ -62,6 +63,7 @@ CLOCK_HINT = "the server clock looks wrong: sync it (sudo timedatectl set-ntp tr
 CLOCK_AGREEMENT_S = 1.0
 # Only an answer whose Date pins the exchange's clock to within this much moves the offset.
 MAX_CLOCK_SAMPLE_S = 3.0
+KNOWN_DATE_HEADERS = 16  # Date headers remembered, parsed: a few seconds' worth
 _MAX_MESSAGE_CHARS = 200
 # n, the order of the secp256k1 curve: a wallet key must lie in [1, n).
 SECP256K1_ORDER = 115792089237316195423570985008687907852837564279074904382605163141518161494337
@@ -279,14 +281,23 @@ def server_time_bounds(response: requests.Response, sent_wall: float,
     """The range of (exchange time - our wall time) that the answer's Date header allows: the
     exchange stamped it, to the second, between our sending and our receiving. None without
     a usable Date header."""
-    parsed = email.utils.parsedate_tz(response.headers.get("Date") or "")
-    if parsed is None or received_wall < sent_wall:  # no Date, or our clock stepped meanwhile
-        return None
-    try:
-        stamped = float(email.utils.mktime_tz(parsed))  # a zone missing or -0000 counts as UTC
-    except (TypeError, ValueError, OverflowError):
+    stamped = date_header_time(response.headers.get("Date") or "")
+    if stamped is None or received_wall < sent_wall:  # no Date, or our clock stepped meanwhile
         return None
     return stamped - received_wall, stamped + 1.0 - sent_wall
+
+
+@lru_cache(maxsize=KNOWN_DATE_HEADERS)
+def date_header_time(text: str) -> float | None:
+    """The Unix time a Date header names (None: not a usable date), read once per header text:
+    answers within one second carry the same one."""
+    parsed = email.utils.parsedate_tz(text)
+    if parsed is None:
+        return None
+    try:
+        return float(email.utils.mktime_tz(parsed))  # a zone missing or -0000 counts as UTC
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def next_time_offset(current: float, low: float, high: float) -> float:

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from email.utils import formatdate
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable
 
 import base58
@@ -77,7 +77,7 @@ from . import faults as faults_mod
 from .exchange import QTY_DECIMALS_MAX, RESTING, SIDES, Exchange, Fill, Order, RequestError
 from .clock import Clock
 from .faults import Faults
-from .ratelimit import LOCAL_CLIENT, RateLimits, retry_after_s
+from .ratelimit import LOCAL_CLIENT, MICROS_PER_S, RateLimits, retry_after_s
 from .symbols import SYMBOLS, SymbolSpec
 from .wire import Response, error_response, json_response, rate_limited_response
 
@@ -102,6 +102,8 @@ NOT_TRADABLE = "symbol not tradable in this simulation"
 OPEN_STATUS = "open"  # query_orders' status filter for every resting status
 BLOCK_EPOCH_TS = 1_735_689_600  # 2025-01-01T00:00:00Z: block 0 of the made-up block numbers
 BLOCKS_PER_S = 10
+UTC_OFFSET = "+00:00"  # how isoformat ends a UTC time
+KNOWN_DATES = 4  # Date headers remembered: answers come in time order, a few to a second
 # The query parameters StandX's docs list, by path; others are accepted with a warning.
 QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/offchain/prepare-signin": frozenset({"chain"}),
@@ -117,6 +119,7 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
 }
 
 PUBLIC, PRIVATE, SIGNED = "public", "private", "signed"
+UNKNOWN_PATH = "(unknown path)"  # request_counts' one key for every path nobody serves
 LOGIN_PATHS = ("/v1/offchain/prepare-signin", "/v1/offchain/login")  # counted by the address in the body
 
 
@@ -146,14 +149,20 @@ class Request:
 
 # ---- formatting ---------------------------------------------------------------------------
 
+@lru_cache(maxsize=None)  # one per number of decimals
+def _unit(decimals: int) -> Decimal:
+    """The smallest step with that many decimals: 10 ** -decimals."""
+    return Decimal(1).scaleb(-decimals)
+
+
 def fixed(value: Decimal, decimals: int) -> str:
     """A tick-bound number with exactly `decimals` decimals, plain notation."""
-    return format(value.quantize(Decimal(1).scaleb(-decimals)), "f")
+    return format(value.quantize(_unit(decimals)), "f")
 
 
 def money(value: Decimal) -> str:
     """A computed amount: up to 8 decimals, plain notation, no trailing zeros."""
-    q = value.quantize(Decimal(1).scaleb(-MONEY_DECIMALS))
+    q = value.quantize(_unit(MONEY_DECIMALS))
     if q.is_zero():
         return "0"
     text = format(q, "f")
@@ -172,7 +181,26 @@ def utc(ts: float) -> datetime:
 
 
 def iso_time(ts: float) -> str:
-    return utc(ts).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ts in ISO-8601 UTC with microseconds, e.g. 2026-01-06T14:00:00.756000Z (what
+    strftime("%Y-%m-%dT%H:%M:%S.%fZ") writes for the years 1000 to 9999, in half the time)."""
+    return utc(ts).isoformat(timespec="microseconds")[:-len(UTC_OFFSET)] + "Z"
+
+
+def http_date(ts: float) -> str:
+    """The Date header of an answer at ts: formatdate(ts, usegmt=True), formatted once per second."""
+    return _http_date(_whole_second(ts))
+
+
+def _whole_second(ts: float) -> int:
+    """The second of utc(ts): fromtimestamp rounds ts to the microsecond first (half to even),
+    so the last half microsecond of a second belongs to the next one."""
+    second = math.floor(ts)
+    return second + (round((ts - second) * MICROS_PER_S) == MICROS_PER_S)
+
+
+@lru_cache(maxsize=KNOWN_DATES)
+def _http_date(second: int) -> str:
+    return formatdate(second, usegmt=True)
 
 
 def block_at(ts: float) -> int:
@@ -362,14 +390,17 @@ class Api:
         except Exception:  # a simulator bug must not kill the server or the backtest
             log.exception("internal error serving %s %s", method, path)
             status, out_headers, out_body = error_response(500, "internal server error")
-        return status, {**out_headers, "Date": formatdate(self._exchange.exchange_time(), usegmt=True)}, out_body
+        return status, {**out_headers, "Date": http_date(self._exchange.exchange_time())}, out_body
 
     def _serve(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes,
                client: str) -> Response:
-        self.request_counts[path] += 1
+        # Paths nobody serves share one counter: a client probing random paths for days must
+        # not grow the simulator's memory.
+        counted = path if path in self._paths else UNKNOWN_PATH
+        self.request_counts[counted] += 1
         caller = self._session_of(headers)
         if caller is not None and path not in LOGIN_PATHS:
-            self._exchange.count_request(caller.address, path)
+            self._exchange.count_request(caller.address, counted)
         # The gateway refuses before the exchange sees the request, so no fault rule fires on it.
         refusal = self._rate_limit_refusal(path, caller, body, client)
         if refusal is not None:
@@ -377,7 +408,7 @@ class Api:
         fault = self._faults.pick(path)
         if fault is not None and fault.kind not in faults_mod.PROCESSED_KINDS:
             return faults_mod.response_before_processing(fault)
-        response = self._route(method, path, Request(query, headers, body))
+        response = self._route(method, path, Request(query, headers, body), caller)
         if fault is not None:
             return faults_mod.response_after_processing(fault, response)
         return response
@@ -415,7 +446,9 @@ class Api:
             address = signin.address if signin is not None else None
         return address.lower() if isinstance(address, str) and ADDRESS.fullmatch(address) else None
 
-    def _route(self, method: str, path: str, request: Request) -> Response:
+    def _route(self, method: str, path: str, request: Request, caller: LoginSession | None) -> Response:
+        """The answer of the endpoint; `caller`: the session of the request's token (None: no
+        valid one), looked up once per request."""
         route = self._routes.get((method, path))
         if route is None:
             return error_response(405, "method not allowed") if path in self._paths else error_response(404, "not found")
@@ -423,7 +456,7 @@ class Api:
         request.path = path
         try:
             if kind != PUBLIC:
-                request.session = self._authenticate(request.headers)
+                request.session = self._authenticate(request.headers, caller)
             if kind == SIGNED:
                 self._check_body_signature(request)
             for name in sorted(set(request.query) - QUERY_PARAMS.get(path, frozenset())):
@@ -441,10 +474,11 @@ class Api:
             return None
         return session
 
-    def _authenticate(self, headers: dict[str, str]) -> LoginSession:
+    @staticmethod
+    def _authenticate(headers: dict[str, str], session: LoginSession | None) -> LoginSession:
+        """The session of a request that needs one (its token's, from _session_of), or 401."""
         if not headers.get("authorization"):
             raise RequestError(401, "missing bearer token")
-        session = self._session_of(headers)
         if session is None:
             raise RequestError(401, "invalid or expired token")
         return session
@@ -536,6 +570,7 @@ class Api:
         payload = {"sub": address, "address": address, "requestId": signin.request_id, "chain": "bsc",
                    "iat": int(now), "exp": int(now + lifetime_s), "jti": str(uuid.uuid4())}
         token = _jwt({"alg": "HS256", "typ": "JWT"}, payload)
+        self._sessions = {k: v for k, v in self._sessions.items() if v.exp > now}  # forget expired ones
         self._sessions[token] = LoginSession(address, VerifyKey(self._decode_public_key(signin.request_id)),
                                              now + lifetime_s)
         self._exchange.count_request(address, "/v1/offchain/login")

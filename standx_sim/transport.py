@@ -11,7 +11,7 @@ URLs again): the same request reaches the adapter, in less time (backtests).
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from functools import lru_cache
 from http import HTTPStatus
@@ -62,6 +62,44 @@ def _target(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The path of a request URL and its query's (name, value) pairs, as the handler takes them."""
     parts = urlsplit(url)
     return parts.path, tuple(parse_qsl(parts.query, keep_blank_values=True))
+
+
+@lru_cache(maxsize=None)  # HTTP has a few dozen statuses
+def _reason(status: int) -> str:
+    """The reason phrase of a status (ValueError for one HTTP does not define)."""
+    return HTTPStatus(status).phrase
+
+
+@lru_cache(maxsize=KNOWN_HEADERS)
+def _encoding(content_type: str | None) -> str | None:
+    """What requests takes for the text encoding of an answer of this Content-Type."""
+    return get_encoding_from_headers({"content-type": content_type})
+
+
+class _WireResponse(requests.Response):
+    """A Response whose body is decoded from its Content-Encoding when something first reads it
+    (content, text, json, iter_content): a client that reads the raw bytes and decodes them
+    itself, as the daemon does, never pays for a second decoding. requests keeps the body in
+    _content, which its content and iter_content read and such a client sets: the decoding
+    waits behind that attribute."""
+
+    _encoded: tuple[bytes, str | None] | None = None  # the body as sent and its coding, until decoded
+
+    def __init__(self, body: bytes, content_encoding: str | None) -> None:
+        super().__init__()
+        self._encoded = (body, content_encoding)
+
+    @property
+    def _content(self) -> bytes | bool | None:
+        if self._encoded is not None:
+            body, coding = self._encoded
+            self._content = decompress(body, coding)
+        return self._decoded
+
+    @_content.setter
+    def _content(self, value: bytes | bool | None) -> None:
+        self._encoded = None
+        self._decoded = value
 
 
 class InProcessAdapter(BaseAdapter):
@@ -117,13 +155,12 @@ class InProcessAdapter(BaseAdapter):
 
     def _build_response(self, request: requests.PreparedRequest, status: int, headers: dict, content: bytes,
                         elapsed_s: float) -> requests.Response:
-        response = requests.Response()
+        response = _WireResponse(content, headers.get("Content-Encoding"))
         response.status_code = status
-        response.reason = HTTPStatus(status).phrase
+        response.reason = _reason(status)
         response.headers = CaseInsensitiveDict({**headers, "Content-Length": str(len(content))})
-        response.encoding = get_encoding_from_headers(response.headers)
-        response._content = decompress(content, headers.get("Content-Encoding"))
-        response._content_consumed = True  # the body is already in memory; iter_content must reuse it
+        response.encoding = _encoding(response.headers.get("Content-Type"))
+        response._content_consumed = True  # the body is in memory; iter_content must reuse it
         response.raw = io.BytesIO(content)  # the bytes as sent: a client reading raw decodes them itself
         response.url = request.url
         response.request = request
@@ -149,31 +186,35 @@ _known_url = lru_cache(maxsize=KNOWN_URLS)(_prepare_url)
 # What params may be remembered by: values equal only when requests encodes them alike (unlike
 # 1 == 1.0 == True, which it writes as 1, 1.0 and True).
 _STRINGS = (str, bytes, type(None))
+# The types of a dict's names and values that it may be remembered by: among these, equal means
+# written alike (ints, but never a bool or a float, which could equal one; no subclasses).
+_PLAIN_PARTS = frozenset({str, bytes, type(None), int})
 
 
 def _url(url: str, params: Any) -> str:
-    """_prepare_url, once per URL and params when the params are strings (a dict of them is
-    remembered by its (name, value) pairs, which requests encodes alike); others every time."""
+    """_prepare_url, once per URL and params when the params are strings (a dict of strings and
+    ints is remembered by its (name, value) pairs, which requests encodes alike); others every time."""
     if isinstance(params, _STRINGS):
         return _known_url(url, params)
-    if isinstance(params, dict) and all(isinstance(part, _STRINGS) for pair in params.items() for part in pair):
+    if isinstance(params, dict) and all(type(part) in _PLAIN_PARTS for pair in params.items() for part in pair):
         return _known_url(url, tuple(params.items()))
     return _prepare_url(url, params)
 
 
 @lru_cache(maxsize=KNOWN_HEADERS)
-def _check_known_header(name: str | bytes, value: str | bytes) -> None:
-    """check_header_validity, once per header a client sends again and again (a valid one is
+def _checked_known_header(name: str | bytes, value: str | bytes) -> str:
+    """_checked_header, once per header a client sends again and again (a valid one is
     remembered; an invalid one raises InvalidHeader every time)."""
     check_header_validity((name, value))
+    return to_native_string(name)
 
 
-def _check_header(name: Any, value: Any) -> None:
-    """check_header_validity of one header, remembered for strings."""
-    if isinstance(name, (str, bytes)) and isinstance(value, (str, bytes)):
-        _check_known_header(name, value)
-    else:  # not a string: requests refuses it (InvalidHeader), and it may not be hashable
-        check_header_validity((name, value))
+def _checked_header(name: Any, value: Any) -> str:
+    """The name requests files a header under, once check_header_validity has passed it
+    (InvalidHeader if not); remembered for strings."""
+    if not (isinstance(name, (str, bytes)) and isinstance(value, (str, bytes))):
+        check_header_validity((name, value))  # refuses what is not a string (which may not be hashable)
+    return _checked_known_header(name, value)
 
 
 def _prepared_headers(session_headers: Mapping, headers: Mapping) -> CaseInsensitiveDict:
@@ -185,8 +226,7 @@ def _prepared_headers(session_headers: Mapping, headers: Mapping) -> CaseInsensi
     prepared = CaseInsensitiveDict()
     for name, value in merged.values():
         if value is not None:
-            _check_header(name, value)
-            prepared[to_native_string(name)] = value
+            prepared[_checked_header(name, value)] = value
     return prepared
 
 
@@ -228,6 +268,15 @@ class InProcessSession(requests.Session):
         # no auth (_lean_applies); the hooks stay the defaults PreparedRequest starts with
         settings = self.merge_environment_settings(prepared.url, proxies or {}, stream, verify, cert)
         return self.send(prepared, timeout=timeout, allow_redirects=allow_redirects, **settings)
+
+    def resolve_redirects(self, resp: requests.Response, req: requests.PreparedRequest, *args: Any,
+                          **kwargs: Any) -> Iterator:
+        """requests' own redirect-following (Session.send asks after every answer, and once more
+        when redirects are not followed), which for an answer that is no redirect yields nothing,
+        here without parsing the request's URL first."""
+        if self.get_redirect_target(resp) is None:
+            return iter(())
+        return super().resolve_redirects(resp, req, *args, **kwargs)
 
     def _lean_applies(self, url: Any, headers: Any, cookies: Any, auth: Any, hooks: Any) -> bool:
         """Whether the call needs nothing the lean preparation leaves out (the class docstring)."""

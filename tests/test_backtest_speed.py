@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
 from functools import partial
 from unittest import mock
 
@@ -15,6 +16,7 @@ from urllib3.util import Timeout
 
 import market_maker as mm
 from standx_sim import backtest as bt
+from standx_sim import wire
 from standx_sim.__main__ import build_parser
 from standx_sim.clock import VirtualClock
 from standx_sim.transport import InProcessAdapter, InProcessSession
@@ -86,6 +88,23 @@ def test_params_requests_writes_differently_make_different_urls_though_equal_in_
     assert [url.rsplit("=", 1)[1] for url in urls] == ["1", "True", "1.0", "1"]
 
 
+@pytest.mark.parametrize("values", [(True, 1, 1.0, "1", 1), (1.0, 1, True, b"1", None, 1), (-0.0, 0, 0.0, False, 0)])
+def test_params_equal_in_python_make_the_urls_requests_makes_whatever_came_before(values, request):
+    name = f"n_{request.node.callspec.id}"  # a name no other test sends: nothing remembered yet
+    urls = {kind: [recording(kind)[0].get(f"{BASE_URL}/api/query_trades", params={name: value}).url
+                   for value in values] for kind in SESSIONS}
+    assert urls["lean"] == urls["plain"]
+
+
+def test_a_url_with_string_and_int_params_is_prepared_once():
+    session, _ = recording("lean")
+    params = {"symbol": "BTC-USD", "limit": 1234}  # as the daemon reads its open orders
+    first = session.get(f"{BASE_URL}/api/query_open_orders", params=params).url
+    with mock.patch.object(requests.PreparedRequest, "prepare_url", side_effect=AssertionError("prepared again")):
+        assert session.get(f"{BASE_URL}/api/query_open_orders", params=dict(params)).url == first
+    assert first.endswith("?symbol=BTC-USD&limit=1234")
+
+
 @pytest.mark.parametrize("session_headers", SESSION_HEADERS)
 @pytest.mark.parametrize("call", LEAN_CALLS + FULL_PATH_CALLS)
 def test_the_lean_session_sends_the_request_requests_builds(call, session_headers):
@@ -135,6 +154,63 @@ def test_a_compressed_answer_reaches_the_client_the_same_way(stream):
                                            stream=stream))
     assert answers["lean"] == answers["plain"]
     assert answers["lean"][2]["Content-Encoding"] == "gzip" and b"BTC-USD" in answers["lean"][-1]
+
+
+def in_process_session(kind: str) -> requests.Session:
+    """A session of that kind on a quiet simulator."""
+    session = SESSIONS[kind]()
+    session.mount(BASE_URL, flat_sim().adapter(latency_s=0.1))
+    return session
+
+
+def test_an_answer_read_raw_is_never_decoded_and_one_read_as_content_once():
+    session = in_process_session("lean")
+    with mock.patch("standx_sim.transport.decompress", side_effect=wire.decompress) as decoding:
+        raw_read = session.get(f"{BASE_URL}/api/query_symbol_info", stream=True)
+        raw = raw_read.raw.read()
+        assert decoding.call_count == 0
+        read = session.get(f"{BASE_URL}/api/query_symbol_info", stream=True)
+        assert read.json() == json.loads(read.content) == json.loads(read.text)
+        assert decoding.call_count == 1
+    assert read.headers["Content-Encoding"] == "gzip" and wire.decompress(raw, "gzip") == read.content
+
+
+def test_a_client_that_decodes_the_raw_bytes_itself_keeps_what_it_decoded():
+    session = in_process_session("lean")
+    response = session.get(f"{BASE_URL}/api/query_symbol_info", stream=True)
+    response._content = wire.decompress(response.raw.read(), response.headers["Content-Encoding"])
+    assert response.json()[0]["symbol"] == "BTC-USD"
+
+
+@pytest.mark.parametrize("kind", SESSIONS)
+def test_an_answer_pickles_with_its_body(kind):
+    session = in_process_session(kind)
+    response = session.get(f"{BASE_URL}/api/query_symbol_info", stream=True)
+    copy = pickle.loads(pickle.dumps(response))
+    assert copy.content == response.content and copy.json()[0]["symbol"] == "BTC-USD"
+
+
+def redirected(kind: str, allow_redirects: bool) -> tuple:
+    """What a client sees of an answer that redirects once, to an answer that does not."""
+    answers = iter([(301, {"Location": "/api/health"}, b""), (200, {"Content-Type": "text/plain"}, b"OK")])
+    paths = []
+
+    def handler(method, path, query, headers, body, client):
+        paths.append(path)
+        return next(answers)
+
+    session = SESSIONS[kind]()
+    session.mount(BASE_URL, InProcessAdapter(handler, VirtualClock(START_TS)))
+    response = session.get(f"{BASE_URL}/api/old", allow_redirects=allow_redirects)
+    following = response.next
+    return (response.status_code, response.url, response.content, [r.status_code for r in response.history],
+            following.url if following is not None else None, paths)
+
+
+@pytest.mark.parametrize("allow_redirects", [True, False])
+def test_one_redirect_reaches_the_client_the_same_way(allow_redirects):
+    assert redirected("lean", allow_redirects) == redirected("plain", allow_redirects)
+    assert redirected("lean", allow_redirects)[-1] == ["/api/old", "/api/health"][:1 + allow_redirects]
 
 
 @pytest.mark.parametrize("kind", SESSIONS)

@@ -646,6 +646,19 @@ def dated(clock, offset_s: float) -> dict[str, str]:
     return {"Date": email.utils.formatdate(clock.now() + offset_s, usegmt=True)}
 
 
+@pytest.mark.parametrize("text", [
+    "Tue, 06 Jan 2026 14:00:00 GMT", "Tue, 06 Jan 2026 14:00:00 +0130", "06 Jan 2026 14:00:00 -0000",
+    "Tue, 06 Jan 2026 14:00:00", "Tue, 06 Jan 99999999999 14:00:00 GMT", "not a date", "",
+])
+def test_a_date_header_names_the_time_email_utils_reads_every_time_it_comes(text):
+    parsed = email.utils.parsedate_tz(text)
+    try:
+        expected = float(email.utils.mktime_tz(parsed)) if parsed is not None else None
+    except (TypeError, ValueError, OverflowError):  # a year no clock reaches
+        expected = None
+    assert [standx_auth.date_header_time(text) for _ in range(2)] == [expected, expected]
+
+
 def test_clock_offset_returns_to_zero_once_the_clocks_agree_again(auth, login, rsps, clock):
     url = f"{PERPS}/api/new_order"
     rsps.add(responses.POST, url, json={"code": 403, "message": "signature has expired"},

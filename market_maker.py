@@ -123,8 +123,8 @@ PASSING_REFUSALS = ("alo", "post only", "post-only", "cross")
 # StandX's mark trails the book in fast moves, so a quote at the target from the mark can sit
 # next to a running book. A new quote keeps the band's minimum distance from the book's mid as
 # well; a resting one is replaced once the mid comes within this share of that minimum. On the
-# recorded volatile hours, against no such rule: 4 fills instead of 52, uptime 83.2% instead of
-# 84.9% (replace); 3 fills instead of 45, 75.9% instead of 70.4% (cancel_first). Replacing it at
+# recorded volatile hours, against no such rule: 5 fills instead of 52, uptime 84.6% instead of
+# 84.9% (replace); 3 fills instead of 45, 77.0% instead of 70.4% (cancel_first). Replacing it at
 # the full minimum costs 10 points of uptime in requotes; never replacing it, 17 fills.
 BOOK_REQUOTE_SHARE = Decimal("0.5")
 # This many loops in a row without a decision (failed reads) raise the "failures" alert.

@@ -793,10 +793,11 @@ class StandXAuth:
         timeout = urllib3.util.Timeout(connect=min(CONNECT_TIMEOUT_S, budget_s),
                                        read=min(READ_TIMEOUT_S, budget_s), total=budget_s)
         watch = _RequestWatch()
-        timer = threading.Timer(budget_s, watch.expire)
-        timer.daemon = True
-        watched = isinstance(self.session.get_adapter(url), BoundedHTTPAdapter)
-        if watched:
+        # Only our own adapter hands the watch its socket; a timer is a thread's worth of
+        # objects, so one is made only for a request it can cut off.
+        timer = threading.Timer(budget_s, watch.expire) if self._watched(url) else None
+        if timer is not None:
+            timer.daemon = True
             _current_watch.value = watch
             timer.start()
         try:
@@ -811,13 +812,17 @@ class StandXAuth:
                 raise
             raise requests.exceptions.ConnectionError(type(exc).__name__) from None
         finally:
-            if watched:
+            if timer is not None:
                 _current_watch.value = None
                 timer.cancel()
             watch.finish()
         if watch.expired:  # the socket was shut mid-answer: what arrived may be cut short
             raise requests.exceptions.ReadTimeout(f"no whole answer within {budget_s:.1f} s")
         return response
+
+    def _watched(self, url: str) -> bool:
+        """Whether the adapter serving url is ours, which gives the request watch its socket."""
+        return isinstance(self.session.get_adapter(url), BoundedHTTPAdapter)
 
     @staticmethod
     def _receive(response: requests.Response) -> None:

@@ -316,7 +316,8 @@ def query_time(query: dict[str, str], name: str) -> datetime | None:
     if text is None:
         return None
     try:
-        moment = datetime.fromisoformat(text)
+        # Python 3.10's fromisoformat does not take the "Z" of UTC, 3.11's does.
+        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError:
         raise RequestError(400, f"{name} must be an ISO-8601 time, e.g. 2026-01-06T00:00:00Z") from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

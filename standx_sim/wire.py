@@ -56,7 +56,9 @@ def _coding(accept_encoding: str) -> str | None:
 def _deflate(body: bytes, gzip_wrapped: bool) -> bytes:
     """body in the gzip format or in the zlib format ("deflate" in HTTP), at LEVEL. The same body
     always gives the same bytes: zlib writes a gzip header with no time and no name."""
-    return zlib.compress(body, LEVEL, WINDOW_BITS + GZIP_WRAPPED * gzip_wrapped)
+    # compressobj, not zlib.compress(body, level, wbits): that form needs Python 3.11.
+    packer = zlib.compressobj(LEVEL, zlib.DEFLATED, WINDOW_BITS + GZIP_WRAPPED * gzip_wrapped)
+    return packer.compress(body) + packer.flush()
 
 
 def decompress(body: bytes, content_encoding: str | None) -> bytes:

@@ -1152,18 +1152,21 @@ class MarketMaker:
         if self._cancel_ids(list(self.strays)):
             log.info("cancelled stray order(s) of ours: %s", ", ".join(self.strays))
 
+    def _note_resting(self, order: OurOrder) -> None:
+        """The exchange shows the order resting, in the list or by its own lookup. A first sight
+        ends its side's refusals (a request accepted is not enough: matching can still reject it)."""
+        if not order.seen and order.side in self.refusals:
+            del self.refusals[order.side]
+            self.refused_since = None
+        order.seen = True
+
     def _still_open(self, visible: Mapping[str, Any], now: float, give_up: bool) -> list[OurOrder]:
         """Our tracked orders not confirmed gone. One seen before and absent now is gone, and
         may have filled (a fill check holds its side); one never seen is looked up."""
         kept: list[OurOrder] = []
         for order in self.orders:
             if order.cl_ord_id in visible:
-                if not order.seen and order.side in self.refusals:
-                    # A quote rests again: the refusals are over (a request accepted is not
-                    # enough, matching can still reject it).
-                    del self.refusals[order.side]
-                    self.refused_since = None
-                order.seen = True
+                self._note_resting(order)
                 kept.append(order)
                 self._note_partial_fill(order, visible[order.cl_ord_id])
             elif order.seen:
@@ -1215,7 +1218,7 @@ class MarketMaker:
             self.given_up[order.cl_ord_id] = (order.side, now)
             return False
         if not found.over:
-            order.seen = True  # live after all: it shows in the next list
+            self._note_resting(order)  # live after all: it shows in the next list
             return True
         if not order.cancelling:
             log.info("%s order %s at %s was %s by the exchange%s", order.side, order.cl_ord_id,

@@ -919,3 +919,21 @@ def test_a_passing_refusal_is_not_backed_off(maker, exchange):
     exchange.heal("new_limit_order")
     step(maker)
     assert len(exchange.ours()) == 2
+
+
+def test_refusals_end_when_a_quote_is_found_resting_by_its_lookup(maker, exchange, monkeypatch):
+    """A quote that shows up late is found resting by its own lookup before the list shows it
+    (StandX's visibility delay has a tail): that ends its side's refusals too, as the list does."""
+    exchange.fail("new_limit_order", StandXError("insufficient margin", 400, 400))
+    step(maker)
+    assert set(maker.refusals) == {"buy", "sell"}
+    exchange.heal("new_limit_order")
+    listed = exchange.query_open_orders
+    monkeypatch.setattr(exchange, "query_open_orders",
+                        lambda auth, symbol=None, limit=None: {"page_size": 0, "result": [], "total": 0})
+    step(maker, 30)  # both quotes go out; the list does not show them yet
+    while not all(o.seen for o in maker.orders):
+        step(maker)  # after a second, their lookups find them resting
+    monkeypatch.setattr(exchange, "query_open_orders", listed)
+    step(maker)
+    assert len(maker.orders) == 2 and maker.refusals == {} and maker.refused_since is None

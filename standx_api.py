@@ -74,16 +74,18 @@ def query_position_config(auth: StandXAuth, symbol: str) -> dict[str, Any]:
 def new_limit_order(auth: StandXAuth, symbol: str, side: str, qty: Decimal | str,
                     price: Decimal | str, time_in_force: str, reduce_only: bool = False,
                     cl_ord_id: str | None = None, margin_mode: str | None = None,
-                    leverage: int | None = None) -> dict[str, Any]:
+                    leverage: int | None = None, session_id: str | None = None) -> dict[str, Any]:
     """Submit a limit order; `time_in_force` is gtc, ioc or alo (post-only).
 
     POST /api/new_order (signed). Accepted is not placed: the order shows in open orders a
-    little later, or never if matching rejects it. Answers {code, message, request_id}.
+    little later, or never if matching rejects it. Answers {code, message, request_id}. With
+    `session_id` (header x-session-id), the outcome is also pushed to that order response
+    stream session, under the request's x-request-id.
     """
     return _new_order(auth, _params(
         symbol=symbol, side=side, order_type="limit", qty=_decimal_str(qty),
         price=_decimal_str(price), time_in_force=time_in_force, reduce_only=reduce_only,
-        cl_ord_id=cl_ord_id, margin_mode=margin_mode, leverage=leverage))
+        cl_ord_id=cl_ord_id, margin_mode=margin_mode, leverage=leverage), session_id)
 
 
 def new_market_order(auth: StandXAuth, symbol: str, side: str, qty: Decimal | str,
@@ -100,8 +102,9 @@ def new_market_order(auth: StandXAuth, symbol: str, side: str, qty: Decimal | st
         margin_mode=margin_mode, leverage=leverage))
 
 
-def _new_order(auth: StandXAuth, body: dict[str, Any]) -> dict[str, Any]:
-    return auth.make_api_call("/api/new_order", method="POST", data=body)
+def _new_order(auth: StandXAuth, body: dict[str, Any], session_id: str | None = None) -> dict[str, Any]:
+    headers = {"x-session-id": session_id} if session_id else None
+    return auth.make_api_call("/api/new_order", method="POST", data=body, headers_extra=headers)
 
 
 def cancel_order(auth: StandXAuth, order_id: int | None = None,

@@ -481,6 +481,9 @@ class StandXAuth:
         # never held across a request; `_login_lock` lets one login run at a time.
         self._lock = threading.RLock()
         self._login_lock = threading.Lock()
+        # The x-request-id of each thread's latest signed request: the order response stream
+        # reports a REST order's outcome under that id.
+        self._sent = threading.local()
 
     def __repr__(self) -> str:
         return f"StandXAuth(address={self.address!r}, logged_in={self._token is not None})"
@@ -570,6 +573,15 @@ class StandXAuth:
             raise AuthError(f"{path} answered something other than an object", 200)
         return body
 
+    def current_token(self) -> str | None:
+        """The token in use, or None; never logs in (the streams' thread must not block on a login)."""
+        with self._lock:
+            return self._token
+
+    def last_request_id(self) -> str | None:
+        """The x-request-id of this thread's latest signed request, if any."""
+        return getattr(self._sent, "request_id", None)
+
     def get_token(self) -> str:
         """A valid access token, logging in first when there is none or it has expired."""
         return self._usable_credentials()[0]
@@ -639,7 +651,8 @@ class StandXAuth:
         if signing_key is None:
             raise AuthError("not logged in: no request signing key yet")
         timestamp_ms = int((self.clock.wall() + offset_s) * 1000)
-        return sign_request(signing_key, str(uuid.uuid4()), timestamp_ms, payload_str)
+        self._sent.request_id = str(uuid.uuid4())
+        return sign_request(signing_key, self._sent.request_id, timestamp_ms, payload_str)
 
     # ---- calls -------------------------------------------------------------------------
 

@@ -121,6 +121,17 @@ def test_post_function_sends_exact_signed_body(auth, login, rsps, func, kwargs, 
     assert documented_call(func) == ("POST", path)
 
 
+def test_new_order_with_session_id_sends_x_session_id_header(auth, login, rsps):
+    rsps.add(responses.POST, f"{PERPS}/api/new_order", json={"code": 0})
+    rsps.add(responses.POST, f"{PERPS}/api/new_order", json={"code": 0})
+    api.new_limit_order(auth, "BTC-USD", "buy", "0.01", "90000", "alo", cl_ord_id="a", session_id="s-1")
+    api.new_limit_order(auth, "BTC-USD", "buy", "0.01", "90000", "alo", cl_ord_id="b")
+    first, second = perps_calls(rsps)
+    assert first.request.headers["x-session-id"] == "s-1"
+    assert "x-session-id" not in second.request.headers
+    verify_signed(first.request, request_key(login))
+
+
 @pytest.mark.parametrize("value, wire", [
     (Decimal("0.00001"), "0.00001"), (Decimal("1E-8"), "0.00000001"), ("1e-5", "0.00001"),
     (Decimal("1E+3"), "1000"), (Decimal("65000.50"), "65000.50"), ("0.001", "0.001"),

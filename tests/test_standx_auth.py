@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
+import threading
 
 import base58
 import pytest
@@ -108,6 +109,26 @@ def test_signed_post_uses_key_whose_public_key_was_the_request_id(auth, login, r
     rsps.add(responses.POST, f"{PERPS}/api/new_order", json={"code": 0})
     auth.make_api_call("/api/new_order", method="POST", data=ORDER)
     verify_signed(perps_calls(rsps)[0].request, request_key(login))
+
+
+def test_current_token_is_none_before_login_and_never_logs_in(auth, login):
+    assert auth.current_token() is None
+    assert login.logins == 0
+    token = auth.get_token()
+    assert auth.current_token() == token
+
+
+def test_last_request_id_is_the_x_request_id_this_thread_sent(auth, login, rsps):
+    rsps.add(responses.POST, f"{PERPS}/api/new_order", json={"code": 0})
+    assert auth.last_request_id() is None
+    auth.make_api_call("/api/new_order", method="POST", data=ORDER)
+    sent = perps_calls(rsps)[0].request.headers["x-request-id"]
+    assert auth.last_request_id() == sent
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(auth.last_request_id()))
+    thread.start()
+    thread.join()
+    assert seen == [None]  # another thread's request is not this one's
 
 
 # ---- 3. refusals before signing ---------------------------------------------------------

@@ -18,7 +18,15 @@ Parts:
                              once, ~22/s) and per client IP (50/s); over them, 429 + Retry-After.
                              On by default; Simulator(..., rate_limits=None) turns them off.
     transport.InProcessAdapter  a requests adapter calling the handler in-process.
-    server.SimServer         the handler over HTTP on 127.0.0.1, plus the control endpoints.
+    streams.StreamHub        StandX's WebSocket streams (sim.streams): the market stream
+                             (price, depth_book, public_trade; after auth our order, position and
+                             balance) and the order response stream (outcomes of REST orders sent
+                             with x-session-id), as frames per connection; stream faults.
+    streams.VirtualFeed      the streams in virtual time for the backtest: each frame delivered a
+                             fixed latency after it was produced, deterministically.
+    server.SimServer         the handler over HTTP on 127.0.0.1, plus the control endpoints, and
+                             the streams as WebSockets on the same port (/ws-stream/v1, /ws-api/v1)
+                             with pings, lifetime and StandX's per-IP connection limits.
     simulator.Simulator      wires them together; compresses answers (gzip or deflate, as the
                              CDN in front of StandX does) unless compress=False; switches the
                              exchange's own faults (token expiry and lifetime, clock skew, order
@@ -61,6 +69,20 @@ Control endpoints (HTTP server only, unauthenticated, JSON; errors are {"code", 
                                       traded symbol's rules change from now on (any field of
                                       query_symbol_info but symbol and assets; decimals as strings)
                                       -> the new query_symbol_info row
+    GET  /_sim/streams               {"sockets": [{"path", "client", "address"}...], "limits": {...}}:
+                                      the open stream sockets and the limits in force
+    POST /_sim/streams/drop          {}: every stream socket ends abruptly (no close frame)
+                                      -> {"sockets": n}
+    POST /_sim/streams/close         {}: every stream socket is closed normally (1000) -> {"sockets": n}
+    POST /_sim/streams/silence       {"seconds": 3}: the sockets send nothing (no frames, no pings)
+                                      and read nothing that long; frames meanwhile are lost
+    POST /_sim/streams/pause_data    {"seconds": 3}: price, depth_book and public_trade frames are
+                                      lost that long (pings and user channels go on)
+    POST /_sim/streams/garbage       {"text": "not json"}: one text frame, as is, to every socket
+                                      -> {"sockets": n}
+    POST /_sim/streams/limits        {"max_sockets_per_ip", "new_per_minute", "lifetime_s",
+                                      "ping_interval_s", "pong_timeout_s"} (any of them; they apply
+                                      to open sockets at once) -> the limits
 """
 from .clock import VirtualClock
 from .exchange import Exchange

@@ -40,7 +40,12 @@ a WARNING naming the request and the field is logged here (logger standx_sim.api
   "symbol not tradable in this simulation", an unlisted one with "invalid symbol"; reads that
   filter by symbol (positions, order and trade lists) answer empty for either.
 Not modelled: the TP/SL orders tp_price / sl_price would create; trading several symbols at once;
-the "untriggered" status; the x-session-id header.
+the "untriggered" status.
+
+x-session-id: a new_order, cancel_order or cancel_orders that succeeds and carries this header
+hands its orders to ``order_outcomes`` (the streams' hub sets it; streams.py), which pushes
+their asynchronous outcome to the ws-api connection of that session, under the request's
+x-request-id. The REST answer is the same with or without it.
 
 Rate limits (ratelimit.py), when on, are checked once a request is counted (request_counts, the
 account's metered requests) and before fault rules or processing: per client IP for every
@@ -74,7 +79,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from . import faults as faults_mod
-from .exchange import QTY_DECIMALS_MAX, RESTING, SIDES, Exchange, Fill, Order, RequestError
+from .exchange import QTY_DECIMALS_MAX, RESTING, SIDES, Exchange, Fill, Order, Position, RequestError
 from .clock import Clock
 from .faults import Faults
 from .ratelimit import LOCAL_CLIENT, MICROS_PER_S, RateLimits, retry_after_s
@@ -224,6 +229,46 @@ def symbol_row(spec: SymbolSpec) -> dict:
     }
 
 
+def order_row(order: Order, spec: SymbolSpec, position_id: int) -> dict:
+    """An order as query_order shows it (and the order stream pushes it); position_id: its
+    account's position id (0: none yet)."""
+    locks_margin = order.status in RESTING and not order.reduce_only
+    locked = order.price * order.remaining / order.leverage if locks_margin else 0
+    return {
+        "id": order.id, "cl_ord_id": order.cl_ord_id, "symbol": order.symbol, "side": order.side,
+        "order_type": order.order_type, "time_in_force": order.time_in_force,
+        "price": grid_text(order.price if order.price is not None else Decimal(0), spec.price_tick_decimals),
+        "qty": grid_text(order.qty, spec.qty_tick_decimals),
+        "fill_qty": grid_text(order.fill_qty, spec.qty_tick_decimals),
+        "fill_avg_price": money(order.fill_avg_price), "status": order.status, "reduce_only": order.reduce_only,
+        "leverage": str(order.leverage), "margin_mode": order.margin_mode, "margin": money(Decimal(locked)),
+        "avail_locked": money(Decimal(locked)), "position_id": position_id, "liq_id": 0,
+        "source": "user", "remark": order.remark, "payload": None, "created_block": block_at(order.created_at),
+        "closed_block": 0 if order.status in RESTING else block_at(order.updated_at),
+        "created_at": iso_time(order.created_at), "updated_at": iso_time(order.updated_at),
+        "user": f"bsc_{order.address}",
+    }
+
+
+def position_row(pos: Position, address: str, spec: SymbolSpec, leverage: int, margin_mode: str,
+                 mark: Decimal) -> dict:
+    """A position as query_positions shows it (and the position stream pushes it), at this mark."""
+    value = abs(pos.qty) * mark
+    return {
+        "id": pos.id, "symbol": spec.symbol, "qty": grid_text(pos.qty, spec.qty_tick_decimals),
+        "entry_price": money(pos.entry_price), "entry_value": money(abs(pos.qty) * pos.entry_price),
+        "mark_price": fixed(mark, spec.price_tick_decimals), "position_value": money(value),
+        "initial_margin": money(value / leverage), "holding_margin": money(value / leverage),
+        "maint_margin": money(value / leverage / 2), "mmr": money(Decimal(1) / (2 * leverage)),
+        "leverage": str(leverage),
+        "margin_mode": margin_mode, "margin_asset": spec.quote_asset, "liq_price": "0",
+        "bankruptcy_price": "0", "realized_pnl": money(pos.realized_pnl),
+        "upnl": money(pos.qty * (mark - pos.entry_price)),
+        "status": "open", "time": iso_time(pos.updated_at), "created_at": iso_time(pos.created_at),
+        "updated_at": iso_time(pos.updated_at), "user": f"bsc_{address}",
+    }
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -352,6 +397,9 @@ class Api:
         self._sessions: dict[str, LoginSession] = {}
         self.request_counts: Counter = Counter()  # every request by path, logged in or not
         self.max_token_lifetime_s: float | None = None  # caps expiresSeconds of logins from now on
+        # (x-session-id, address, x-request-id, "new" | "cancel", orders) of a successful order
+        # request that asks for its outcome on the ws-api (the streams' hub; None: nobody listens).
+        self.order_outcomes: Callable[[str, str, str, str, list[Order]], None] | None = None
         self._routes: dict[tuple[str, str], tuple[str, Callable[[Request], Response]]] = {
             ("POST", "/v1/offchain/prepare-signin"): (PUBLIC, self._prepare_signin),
             ("POST", "/v1/offchain/login"): (PUBLIC, self._login),
@@ -470,10 +518,19 @@ class Api:
 
     def _session_of(self, headers: dict[str, str]) -> LoginSession | None:
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        session = self._sessions.get(token.strip()) if scheme.lower() == "bearer" else None
+        return self._live_session(token.strip()) if scheme.lower() == "bearer" else None
+
+    def _live_session(self, token: str) -> LoginSession | None:
+        """The login session of a token that is known and not expired, else None."""
+        session = self._sessions.get(token)
         if session is None or session.exp <= self._exchange.exchange_time():
             return None
         return session
+
+    def token_address(self, token: str) -> str | None:
+        """The lowercase address a token logged in, if it would pass as a Bearer token now."""
+        session = self._live_session(token)
+        return None if session is None else session.address
 
     @staticmethod
     def _authenticate(headers: dict[str, str], session: LoginSession | None) -> LoginSession:
@@ -624,20 +681,7 @@ class Api:
         if pos is None or request.query.get("symbol", ex.spec.symbol) != ex.spec.symbol:
             return json_response(200, [])
         leverage, margin_mode = ex.position_config(address)
-        mark = ex.mark_price()
-        value = abs(pos.qty) * mark
-        return json_response(200, [{
-            "id": pos.id, "symbol": ex.spec.symbol, "qty": grid_text(pos.qty, ex.spec.qty_tick_decimals),
-            "entry_price": money(pos.entry_price), "entry_value": money(abs(pos.qty) * pos.entry_price),
-            "mark_price": fixed(mark, ex.spec.price_tick_decimals), "position_value": money(value),
-            "initial_margin": money(value / leverage), "holding_margin": money(value / leverage),
-            "maint_margin": money(value / leverage / 2), "mmr": money(Decimal(1) / (2 * leverage)),
-            "leverage": str(leverage),
-            "margin_mode": margin_mode, "margin_asset": ex.spec.quote_asset, "liq_price": "0",
-            "bankruptcy_price": "0", "realized_pnl": money(pos.realized_pnl), "upnl": money(ex.position_upnl(pos)),
-            "status": "open", "time": iso_time(pos.updated_at), "created_at": iso_time(pos.created_at),
-            "updated_at": iso_time(pos.updated_at), "user": f"bsc_{address}",
-        }])
+        return json_response(200, [position_row(pos, address, ex.spec, leverage, margin_mode, ex.mark_price())])
 
     def _balance(self, request: Request) -> Response:
         figures = self._exchange.balance_view(request.session.address)
@@ -652,24 +696,8 @@ class Api:
                                    "margin_mode": margin_mode})
 
     def order_json(self, order: Order) -> dict:
-        spec = self._exchange.spec
         pos = self._exchange.position(order.address)
-        locks_margin = order.status in RESTING and not order.reduce_only
-        locked = order.price * order.remaining / order.leverage if locks_margin else 0
-        return {
-            "id": order.id, "cl_ord_id": order.cl_ord_id, "symbol": order.symbol, "side": order.side,
-            "order_type": order.order_type, "time_in_force": order.time_in_force,
-            "price": grid_text(order.price if order.price is not None else Decimal(0), spec.price_tick_decimals),
-            "qty": grid_text(order.qty, spec.qty_tick_decimals),
-            "fill_qty": grid_text(order.fill_qty, spec.qty_tick_decimals),
-            "fill_avg_price": money(order.fill_avg_price), "status": order.status, "reduce_only": order.reduce_only,
-            "leverage": str(order.leverage), "margin_mode": order.margin_mode, "margin": money(Decimal(locked)),
-            "avail_locked": money(Decimal(locked)), "position_id": pos.id if pos else 0, "liq_id": 0,
-            "source": "user", "remark": order.remark, "payload": None, "created_block": block_at(order.created_at),
-            "closed_block": 0 if order.status in RESTING else block_at(order.updated_at),
-            "created_at": iso_time(order.created_at), "updated_at": iso_time(order.updated_at),
-            "user": f"bsc_{order.address}",
-        }
+        return order_row(order, self._exchange.spec, pos.id if pos else 0)
 
     def trade_json(self, fill: Fill, address: str) -> dict:
         spec = self._exchange.spec
@@ -757,9 +785,16 @@ class Api:
         if not isinstance(cl_ord_id, str) or not 1 <= len(cl_ord_id) <= CL_ORD_ID_MAX:
             raise RequestError(400, f"cl_ord_id must be a string of 1 to {CL_ORD_ID_MAX} characters")
         self._check_position_config(obj, address)
-        ex.submit_order(address, side=side, order_type=order_type, qty=qty, time_in_force=tif,
-                        reduce_only=obj["reduce_only"], price=price, cl_ord_id=cl_ord_id)
+        order = ex.submit_order(address, side=side, order_type=order_type, qty=qty, time_in_force=tif,
+                                reduce_only=obj["reduce_only"], price=price, cl_ord_id=cl_ord_id)
+        self._push_outcomes(request, "new", [order])
         return _success()
+
+    def _push_outcomes(self, request: Request, kind: str, orders: list[Order]) -> None:
+        """An accepted order request with an x-session-id gets its outcome on that ws-api session."""
+        session_id = request.headers.get("x-session-id")
+        if session_id and self.order_outcomes is not None:
+            self.order_outcomes(session_id, request.session.address, request.headers["x-request-id"], kind, orders)
 
     def _order_price(self, request: Request, obj: dict, order_type: str, tif: str) -> Decimal | None:
         spec = self._exchange.spec
@@ -800,7 +835,8 @@ class Api:
         if "cl_ord_id" in obj and not isinstance(cl_ord_id, str):
             raise RequestError(400, "cl_ord_id must be a string")
         order_id, cl_ord_id = self._order_reference(request, order_id, cl_ord_id)
-        self._exchange.request_cancel(request.session.address, order_id=order_id, cl_ord_id=cl_ord_id)
+        order = self._exchange.request_cancel(request.session.address, order_id=order_id, cl_ord_id=cl_ord_id)
+        self._push_outcomes(request, "cancel", [order])
         return _success()
 
     def _cancel_orders(self, request: Request) -> Response:
@@ -813,8 +849,9 @@ class Api:
             item_type = int if name == "order_id_list" else str
             if not isinstance(values, list) or not values or any(type(v) is not item_type for v in values):
                 raise RequestError(400, f"{name} must be a non-empty list of {item_type.__name__}")
-        self._exchange.request_cancels(request.session.address, order_ids=obj.get("order_id_list"),
-                                       cl_ord_ids=obj.get("cl_ord_id_list"))
+        orders = self._exchange.request_cancels(request.session.address, order_ids=obj.get("order_id_list"),
+                                                cl_ord_ids=obj.get("cl_ord_id_list"))
+        self._push_outcomes(request, "cancel", orders)
         return _success()
 
     def _change_leverage(self, request: Request) -> Response:

@@ -3,16 +3,18 @@
 Listed in the package docstring. They read and steer the simulator from outside the process:
 account state and metrics, balances, prices, public trades, fills of our resting orders, faults,
 compression, token expiry and lifetime, clock skew, order visibility delay, position lag, the
-traded symbol's rules.
+traded symbol's rules, and the WebSocket streams' sockets, faults and limits (streams.py).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Callable
 
 from .api import iso_time, json_object, money, symbol_row
 from .exchange import RequestError
+from .streams import LIMIT_FIELDS
 from .symbols import RULE_KINDS
 from .wire import Response, error_response, json_response
 
@@ -75,6 +77,13 @@ class Control:
             ("POST", "/_sim/visibility_delay"): self._visibility_delay,
             ("POST", "/_sim/position_lag"): self._position_lag,
             ("POST", "/_sim/symbol_rules"): self._symbol_rules,
+            ("GET", "/_sim/streams"): self._streams,
+            ("POST", "/_sim/streams/drop"): self._drop_streams,
+            ("POST", "/_sim/streams/close"): self._close_streams,
+            ("POST", "/_sim/streams/silence"): self._silence_streams,
+            ("POST", "/_sim/streams/pause_data"): self._pause_stream_data,
+            ("POST", "/_sim/streams/garbage"): self._garbage_frame,
+            ("POST", "/_sim/streams/limits"): self._stream_limits,
         }
 
     def handle(self, method: str, path: str, query: dict[str, str], body: bytes) -> Response:
@@ -178,6 +187,35 @@ class Control:
     def _symbol_rules(self, query: dict, body: bytes) -> Response:
         obj = json_object(body, set(RULE_KINDS), set())
         return json_response(200, symbol_row(self._sim.set_symbol_rules(**obj)))
+
+    def _streams(self, query: dict, body: bytes) -> Response:
+        hub = self._sim.streams
+        sockets = [{"path": s.path, "client": s.client, "address": s.address} for s in hub.sessions()]
+        return json_response(200, {"sockets": sockets, "limits": asdict(hub.limits)})
+
+    def _drop_streams(self, query: dict, body: bytes) -> Response:
+        json_object(body, set(), set())
+        return json_response(200, {"sockets": self._sim.streams.drop_all()})
+
+    def _close_streams(self, query: dict, body: bytes) -> Response:
+        json_object(body, set(), set())
+        return json_response(200, {"sockets": self._sim.streams.close_all()})
+
+    def _silence_streams(self, query: dict, body: bytes) -> Response:
+        return self._seconds(body, self._sim.streams.silence)
+
+    def _pause_stream_data(self, query: dict, body: bytes) -> Response:
+        return self._seconds(body, self._sim.streams.pause_data)
+
+    def _garbage_frame(self, query: dict, body: bytes) -> Response:
+        obj = json_object(body, {"text"}, {"text"})
+        if not isinstance(obj["text"], str):
+            raise RequestError(400, "text must be a string")
+        return json_response(200, {"sockets": self._sim.streams.send_garbage(obj["text"])})
+
+    def _stream_limits(self, query: dict, body: bytes) -> Response:
+        obj = json_object(body, set(LIMIT_FIELDS), set())
+        return json_response(200, asdict(self._sim.streams.set_limits(**obj)))
 
     @staticmethod
     def _seconds(body: bytes, setter: Callable[[float], None]) -> Response:

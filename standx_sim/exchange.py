@@ -84,6 +84,19 @@ account's first appearance (its login) to now; see metrics(). Maker-hour snapsho
 everything at the same instant), every account records min(eligible buy size, eligible sell
 size), where a side's eligible size is the total remaining qty of its live orders within 10 bps
 of the mark; see snapshot_values().
+
+Listeners (add_listener; the streams of streams.py) are told what changed as it happens, in
+engine order, as listener(kind, t, payload) with t the engine time of the change:
+- "price" (MarketState): after a book change, a trade, a mark cadence tick or a tick change (the
+  state may equal the previous one: a listener compares);
+- "trade" (market.Trade): a public trade printed (before the "price" it causes);
+- "order" (OrderChange): an order started resting, was partly filled or became final; each is
+  followed by "balance" (BalanceChange), the account's figures after the change;
+- "position" (PositionChange): a fill changed an account's position (before that fill's "order");
+- "cancel" (CancelDone): a requested cancel reached matching, whether or not it took effect.
+Payloads hold live objects: a listener reads them at once and must not call back into the
+engine's public methods (they advance it). With no listener nothing is built: the hot path pays
+one truth test per event.
 """
 from __future__ import annotations
 
@@ -94,6 +107,7 @@ import math
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Callable, NamedTuple
 
 from .clock import Clock
 from .delays import FixedTiming, StandXTiming, Timing
@@ -262,6 +276,45 @@ class Account:
     position_history: deque[tuple[float, Position]] = field(default_factory=deque)
 
 
+# ---- what listeners are told (see Listeners in the module docstring) ----------------------
+
+class MarketState(NamedTuple):
+    """The market as the price and depth streams show it."""
+    bid: Decimal
+    ask: Decimal
+    bid_qty: Decimal
+    ask_qty: Decimal
+    mark: Decimal
+    index: Decimal
+    last: Decimal | None  # the last public trade's price; None before the first
+
+
+class OrderChange(NamedTuple):
+    order: Order  # live: read at once
+    position_id: int  # its account's position id, 0 before the account's first fill
+
+
+class PositionChange(NamedTuple):
+    address: str
+    position: Position  # live: read at once
+    leverage: int
+    margin_mode: str
+    mark: Decimal
+
+
+class BalanceChange(NamedTuple):
+    address: str
+    figures: dict[str, Decimal] | None  # as balance_view answers them; None for an unfunded account
+
+
+class CancelDone(NamedTuple):
+    order: Order  # live: read at once
+    took_effect: bool  # it was resting and is now cancelled (else it was still pending, or final)
+
+
+Listener = Callable[[str, float, object], None]  # (kind, engine time, payload)
+
+
 def quantize(value: Decimal, decimals: int) -> Decimal:
     return value.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_EVEN)
 
@@ -298,6 +351,7 @@ class Exchange:
         self._order_ids = itertools.count(1)
         self._fill_ids = itertools.count(1)
         self._position_ids = itertools.count(1)
+        self._listeners: list[Listener] = []
 
     # ---- time -------------------------------------------------------------------------
 
@@ -345,6 +399,35 @@ class Exchange:
     def _stamp(self) -> float:
         return self._t + self.clock_skew_s
 
+    # ---- listeners --------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Tell `listener` every change from now on (Listeners in the module docstring)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def _notify(self, kind: str, payload: object) -> None:
+        for listener in self._listeners:
+            listener(kind, self._t, payload)
+
+    def market_state(self) -> MarketState:
+        """The market now, as a "price" event would tell it."""
+        self.advance()
+        return self._market_state()
+
+    def _market_state(self) -> MarketState:
+        book = self._book
+        return MarketState(book.bid, book.ask, book.bid_qty, book.ask_qty, self._mark, self._marks.index,
+                           self._last_price)
+
+    def _notify_order(self, order: Order) -> None:
+        """An order changed: tell it, then its account's balance after the change."""
+        acct = self._accounts[order.address]
+        self._notify("order", OrderChange(order, acct.position.id if acct.position else 0))
+        self._notify("balance", BalanceChange(acct.address, self._balance_figures(acct)))
+
     def set_spec(self, spec: SymbolSpec) -> None:
         """The symbol's rules change from now on (StandX can change a tick or lot at runtime):
         new orders are checked against them; orders already accepted keep their price and qty."""
@@ -354,6 +437,8 @@ class Exchange:
         self.spec = spec
         self._marks.set_tick(spec.tick)
         self._mark = self._marks.mark  # on the new grid at once: metering and checks use it
+        if self._listeners:
+            self._notify("price", self._market_state())
         self._refresh_meters(self._quoting_accounts())
 
     # ---- market -----------------------------------------------------------------------
@@ -397,6 +482,8 @@ class Exchange:
         self._book = BookTop(change.bid, change.ask, change.bid_qty, change.ask_qty)
         mark_moved = self._marks.on_book(self._t, change.bid, change.ask)
         self._mark = self._marks.mark
+        if self._listeners:
+            self._notify("price", self._market_state())
         touched = set()
         for order in self._live_orders():
             if self._book_reaches(order):
@@ -412,6 +499,8 @@ class Exchange:
         if self._marks.update(t):
             self._mark = self._marks.mark
             self._refresh_meters(self._quoting_accounts())
+        if self._listeners:  # the index moves at every tick, the mark not always
+            self._notify("price", self._market_state())
 
     def _quoting_accounts(self) -> set[str]:
         """Accounts whose band membership a mark move can change."""
@@ -420,6 +509,9 @@ class Exchange:
     def _on_trade(self, trade: Trade) -> None:
         self._last_price = trade.price
         self._marks.on_trade(self._t, trade.price)
+        if self._listeners:
+            self._notify("trade", trade)
+            self._notify("price", self._market_state())
         touched = set()
         for order in self._live_orders():
             qty = self._trade_fill_qty(order, trade)
@@ -617,23 +709,27 @@ class Exchange:
         self._schedule("reject" if timing.rejected else "activate", order, delay_s)
         return order
 
-    def request_cancel(self, address: str, order_id: int | None = None, cl_ord_id: str | None = None) -> None:
-        """Cancel one order after the delay; 404 if this account never placed it."""
+    def request_cancel(self, address: str, order_id: int | None = None, cl_ord_id: str | None = None) -> Order:
+        """Cancel one order after the delay; 404 if this account never placed it. The order."""
         acct = self.account(address)
         order = self._lookup(acct, order_id, cl_ord_id)
         if order is None:
             raise RequestError(404, "order not found")
         acct.meter.cancel_requests += 1
         self._schedule("cancel", order, self._timing.cancel())
+        return order
 
     def request_cancels(self, address: str, order_ids: list[int] | None = None,
-                        cl_ord_ids: list[str] | None = None) -> None:
-        """Batch cancel; ids this account never placed are ignored."""
+                        cl_ord_ids: list[str] | None = None) -> list[Order]:
+        """Batch cancel; ids this account never placed are ignored. The orders found, one per
+        cancel scheduled."""
         acct = self.account(address)
         found = [acct.orders.get(i) for i in order_ids or []] + [acct.by_cl_ord_id.get(c) for c in cl_ord_ids or []]
-        for order in filter(None, found):
+        orders = [order for order in found if order is not None]
+        for order in orders:
             acct.meter.cancel_requests += 1
             self._schedule("cancel", order, self._timing.cancel())
+        return orders
 
     @staticmethod
     def _lookup(acct: Account, order_id: int | None, cl_ord_id: str | None) -> Order | None:
@@ -667,8 +763,12 @@ class Exchange:
         elif kind == "reject":
             self._accounts[order.address].meter.rejected_in_matching += 1
             self._close(order, "rejected", "rejected in matching")
-        elif order.status in RESTING:  # a pending order is not known to matching yet: nothing to cancel
-            self._close(order, "canceled")
+        else:
+            took_effect = order.status in RESTING  # a pending order is not known to matching yet: nothing to cancel
+            if took_effect:
+                self._close(order, "canceled")
+            if self._listeners:
+                self._notify("cancel", CancelDone(order, took_effect))
         self._refresh_meters({order.address})
 
     def _activate(self, order: Order) -> None:
@@ -701,6 +801,8 @@ class Exchange:
         order.queue_ahead = self._ahead_on_arrival(order)
         acct.live[order.id] = order
         self._count_live(acct, order.side)
+        if self._listeners:
+            self._notify_order(order)
 
     def _count_live(self, acct: Account, side: str) -> None:
         acct.meter.count_live(self._t, side, sum(o.side == side for o in acct.live.values()))
@@ -741,6 +843,8 @@ class Exchange:
             meter.filled_after_partial += after_partial
         acct.closed.append(order)
         self._forget_old(acct)
+        if self._listeners:
+            self._notify_order(order)
 
     def _forget_old(self, acct: Account) -> None:
         """Drop final orders and fill records older than FINAL_RETENTION_S or beyond the newest
@@ -787,6 +891,8 @@ class Exchange:
         else:
             order.status, order.updated_at = PARTIAL, self._stamp()
             meter.partial_fills += 1
+            if self._listeners:
+                self._notify_order(order)
 
     def _apply_fill(self, acct: Account, side: str, qty: Decimal, price: Decimal, fee: Decimal) -> Decimal:
         """Update the position and balance for one fill; returns the PnL it realized."""
@@ -813,6 +919,8 @@ class Exchange:
         acct.meter.fees += fee
         pos.updated_at = self._stamp()
         self._record_position(acct)
+        if self._listeners:
+            self._notify("position", PositionChange(acct.address, pos, acct.leverage, acct.margin_mode, self._mark))
         return pnl
 
     def _record_position(self, acct: Account) -> None:

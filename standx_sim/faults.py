@@ -26,6 +26,8 @@ the HTTP server act on and strip. Faults of the exchange itself are switched on 
 token expiry and lifetime, clock skew, order visibility delay, position answers that lag fills,
 compression on or off (expire_tokens, set_max_token_lifetime, set_clock_skew,
 set_visibility_delay, set_position_lag, set_compress); partial fills are Exchange.fill_resting.
+Faults of the WebSocket streams (drops, normal closes, silences, paused market data, garbage
+frames, limits) are methods of the streams' hub, ``sim.streams`` (streams.py).
 """
 from __future__ import annotations
 

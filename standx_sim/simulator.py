@@ -12,6 +12,7 @@ from .exchange import POSITION_HISTORY_S, Exchange
 from .faults import Faults
 from .market import Market, SyntheticMarket
 from .ratelimit import DEFAULT_RATE_LIMITS, LOCAL_CLIENT, RateLimitParams, RateLimits
+from .streams import StreamHub
 from .symbols import SymbolSpec, listed, with_rules
 from .transport import InProcessAdapter
 from .wire import Response, compress
@@ -39,7 +40,8 @@ class Simulator:
     be that symbol's.
 
     Use ``sim.handle`` as the request handler, ``sim.adapter()`` to mount it on a requests
-    Session, or ``server.SimServer(sim)`` to serve it over HTTP. With ``compress`` on, answers
+    Session, or ``server.SimServer(sim)`` to serve it over HTTP (with StandX's WebSocket streams,
+    ``sim.streams``; streams.VirtualFeed carries them in virtual time). With ``compress`` on, answers
     are compressed as the CDN in front of StandX does, for clients that accept it. StandX's rate
     limits apply per account and per client IP (ratelimit.py) unless ``rate_limits`` is None.
     Orders and cancels take StandX-like random delays (delays.py, seeded by ``seed``) unless
@@ -60,6 +62,8 @@ class Simulator:
                                  queue=queue, seed=seed, mark=mark)
         self.faults = Faults(clock, seed=seed)
         self.api = Api(self.exchange, self.faults, clock, RateLimits(rate_limits) if rate_limits is not None else None)
+        self.streams = StreamHub(self.exchange, self.api, clock)
+        self.api.order_outcomes = self.streams.route_outcomes
         self.compress = compress
 
     def handle(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],

@@ -37,6 +37,7 @@ from dotenv.parser import parse_stream
 from eth_account import Account
 
 import standx_api as api
+from standx_ws import FeedStreams, StandXStreams, stream_urls
 from alerts import AlertConfig, AlertConfigError, Alerter, load_alert_config
 from standx_auth import (DEFAULT_AUTH_BASE_URL, DEFAULT_PERPS_BASE_URL, AuthError, Clock,
                          RateLimitError, RealClock, SignatureExpiredError, StandXAuth, StandXError,
@@ -127,6 +128,16 @@ PASSING_REFUSALS = ("alo", "post only", "post-only", "cross")
 # 84.9% (replace); 3 fills instead of 45, 77.0% instead of 70.4% (cancel_first). Replacing it at
 # the full minimum costs 10 points of uptime in requotes; never replacing it, 17 fills.
 BOOK_REQUOTE_SHARE = Decimal("0.5")
+# With the streams healthy (connected, our account authenticated), REST checks what they say
+# instead of asking everything every loop: the price is read by REST only when the stream's is
+# older than STREAM_PRICE_MAX_AGE_S; our open orders are listed every STREAM_AUDIT_EVERY_S (a
+# stream can miss an event) and the position read every STREAM_POSITION_EVERY_S (and in every
+# loop while a fill or a position waits on it); an order the stream has not confirmed within
+# STREAM_CONFIRM_S is confirmed by REST as without streams.
+STREAM_PRICE_MAX_AGE_S = 2.0
+STREAM_AUDIT_EVERY_S = 10.0
+STREAM_POSITION_EVERY_S = 2.0
+STREAM_CONFIRM_S = 1.0
 # This many loops in a row without a decision (failed reads) raise the "failures" alert.
 FAILED_LOOPS_ALERT = 20
 STARTUP_BACKOFF_MAX_S = 60.0
@@ -137,6 +148,7 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_ALREADY_RUNNING, EXIT_BALANCE_FLOOR, EXIT
 DEFAULT_SIM_REPORT = os.path.join("logs", "simulate_report.json")
 
 NORMAL, DEGRADED_1, DEGRADED_2 = "normal", "degraded_1", "degraded_2"
+DEFAULT_WS_STREAM_URL, DEFAULT_WS_API_URL = stream_urls(DEFAULT_PERPS_BASE_URL)
 
 
 class ConfigError(Exception):
@@ -176,6 +188,11 @@ class Config:
     state_dir: str = DEFAULT_STATE_DIR
     auth_base_url: str = DEFAULT_AUTH_BASE_URL
     perps_base_url: str = DEFAULT_PERPS_BASE_URL
+    # "ws": prices, our orders and position also come from StandX's streams, and wake the loop;
+    # "rest": every read by REST, as the original did.
+    price_feed: str = "ws"
+    ws_stream_url: str = DEFAULT_WS_STREAM_URL
+    ws_api_url: str = DEFAULT_WS_API_URL
 
 
 # ---- configuration -------------------------------------------------------------------------
@@ -188,7 +205,8 @@ KNOWN_SETTINGS = frozenset({
     "MARKET_MAKER_MIN_BPS", "MARKET_MAKER_MAX_BPS", "MARKET_MAKER_BALANCE_THRESHOLD_1",
     "MARKET_MAKER_BALANCE_THRESHOLD_2", "MARKET_MAKER_BALANCE_EXIT", "MARKET_MAKER_CHECK_INTERVAL",
     "MARKET_MAKER_TIME_IN_FORCE", "MARKET_MAKER_REQUOTE", "MARKET_MAKER_STATE_DIR",
-    "STANDX_AUTH_BASE_URL", "STANDX_PERPS_BASE_URL", "LOG_LEVEL",
+    "MARKET_MAKER_PRICE_FEED", "STANDX_AUTH_BASE_URL", "STANDX_PERPS_BASE_URL",
+    "STANDX_WS_STREAM_URL", "STANDX_WS_API_URL", "LOG_LEVEL",
     "ALERT_TELEGRAM_BOT_TOKEN", "ALERT_TELEGRAM_CHAT_ID", "ALERT_WEBHOOK_URL",
 })
 SETTING_PREFIXES = ("MARKET_MAKER_", "STANDX_", "WALLET_", "ALERT_")
@@ -226,6 +244,13 @@ def _url_setting(env: Mapping[str, str], name: str, default: str) -> str:
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
         raise ConfigError(name, f"must be an http(s) URL (got {value!r})")
     return value.rstrip("/")
+
+
+def _ws_url_setting(env: Mapping[str, str], name: str, derived: str) -> str:
+    value = env.get(name, "").strip() or derived
+    if not re.fullmatch(r"wss?://[^\s/]+(/\S*)?", value):
+        raise ConfigError(name, f"must be a ws(s) URL (got {value!r})")
+    return value
 
 
 def load_config(env: Mapping[str, str]) -> Config:
@@ -280,6 +305,12 @@ def load_config(env: Mapping[str, str]) -> Config:
         raise ConfigError("MARKET_MAKER_CHECK_INTERVAL",
                           f"must be between 0.1 and 60 seconds (got {interval})")
 
+    perps_base_url = _url_setting(env, "STANDX_PERPS_BASE_URL", DEFAULT_PERPS_BASE_URL)
+    # The streams live on the perps host unless configured apart (a proxy, a test double).
+    try:
+        derived_stream_url, derived_api_url = stream_urls(perps_base_url)
+    except ValueError as exc:
+        raise ConfigError("STANDX_PERPS_BASE_URL", str(exc)) from None
     return Config(
         private_key=private_key, symbol=symbol, qty=qty, band=band,
         balance_threshold_1=threshold_1, balance_threshold_2=threshold_2, balance_exit=balance_exit,
@@ -289,7 +320,10 @@ def load_config(env: Mapping[str, str]) -> Config:
         log_level=_choice_setting(env, "LOG_LEVEL", "INFO", ("debug", "info", "warning", "error")).upper(),
         state_dir=env.get("MARKET_MAKER_STATE_DIR", "").strip() or DEFAULT_STATE_DIR,
         auth_base_url=_url_setting(env, "STANDX_AUTH_BASE_URL", DEFAULT_AUTH_BASE_URL),
-        perps_base_url=_url_setting(env, "STANDX_PERPS_BASE_URL", DEFAULT_PERPS_BASE_URL),
+        perps_base_url=perps_base_url,
+        price_feed=_choice_setting(env, "MARKET_MAKER_PRICE_FEED", "ws", ("ws", "rest")),
+        ws_stream_url=_ws_url_setting(env, "STANDX_WS_STREAM_URL", derived_stream_url),
+        ws_api_url=_ws_url_setting(env, "STANDX_WS_API_URL", derived_api_url),
     )
 
 
@@ -415,6 +449,19 @@ class OrderStatus(NamedTuple):
         return bool(self.fill_qty) or self.status == "filled"
 
 
+def order_status(row: Any) -> OrderStatus:
+    """An order row (query_order, or the stream's order channel) as an OrderStatus; no status
+    when the row has none."""
+    status = row.get("status") if isinstance(row, dict) else None
+    if not status:
+        return OrderStatus(None)
+    fill_qty = row.get("fill_qty")
+    return OrderStatus(str(status).lower(), positive_decimal(fill_qty) or
+                       (Decimal(0) if fill_qty is not None else None),
+                       exchange_time(row.get("updated_at")), str(row.get("remark") or ""),
+                       positive_decimal(row.get("fill_avg_price")))
+
+
 def exchange_time(value: Any) -> float | None:
     """An ISO-8601 time from an answer as Unix seconds (None when absent or malformed)."""
     try:
@@ -482,6 +529,7 @@ class OurOrder:
     stale: bool = False
     cancel_sent_at: float | None = None
     outcome_unknown: bool = False  # the request got no clear answer: it may never have arrived
+    request_id: str | None = None  # its request's x-request-id (order response stream pushes)
     # A partial fill seen while it rested: how much, and when (exchange time).
     fill_qty_seen: Decimal = Decimal(0)
     fill_time: float | None = None
@@ -675,8 +723,11 @@ class MarketMaker:
 
     def __init__(self, config: Config, auth: StandXAuth, clock: Clock | None = None,
                  run_id: str | None = None, state_path: str | None = None,
-                 alerter: Alerter | None = None):
+                 alerter: Alerter | None = None, streams: StandXStreams | None = None):
         self.config = config
+        # StandX's streams (standx_ws), or None: every read by REST.
+        self.streams = streams
+        self.resyncs_seen = 0
         self.state_path = state_path
         self.alerter = alerter or Alerter(AlertConfig(), account=auth.address, symbol=config.symbol)
         self.auth = auth
@@ -702,6 +753,7 @@ class MarketMaker:
         # The latest send time of a position read that showed a position grown by each side.
         self.position_grown_at = {BUY: float("-inf"), SELL: float("-inf")}
         self.position_updated_at: float | None = None
+        self.position_read_at = float("-inf")  # when the latest position read was sent
         # Sides whose quotes the exchange refuses: side -> (refusals in a row, next try at; a first
         # rejection in matching counts 0, see _note_rejection), and
         # since when no quote has been accepted (None while quotes are accepted).
@@ -713,7 +765,8 @@ class MarketMaker:
         self.opened: tuple[Decimal, Decimal | None] | None = None
         self.close_id: str | None = None
         self.day = DayTotals()
-        self.iteration = 0
+        self.iteration = 0  # passes, woken ones included
+        self.regular_loops = 0
         self.last_audit_at = float("-inf")
         self.order_counter = 0
         self.close_settles_at = float("-inf")
@@ -841,6 +894,8 @@ class MarketMaker:
         earlier run may have left orders of ours that only the stop would cancel."""
         try:
             if self.start_with_retry():
+                if self.streams is not None:
+                    self.streams.start()  # the loop reads by REST until they speak
                 self.alerter.send("start", f"started: {describe(self.config)}, balance {self.balance}, "
                                            f"mode {self.mode}")
                 self.write_state()
@@ -856,20 +911,36 @@ class MarketMaker:
         return self.exit_code if self.shutdown() else EXIT_ERROR
 
     def _loop(self, duration_s: float | None) -> None:
+        """A loop every check interval; with the streams, also as soon as they wake it (a
+        woken loop decides on what the streams said and reads by REST only what it must)."""
         ends_at = None if duration_s is None else self.clock.monotonic() + duration_s
+        next_loop_at = self.clock.monotonic()
         while not self.stop_requested:
             started = self.clock.monotonic()
-            self.run_once()
+            regular = started >= next_loop_at
+            if regular:
+                next_loop_at = started + self.config.check_interval_s
+            self.run_once(regular)
             if ends_at is not None and self.clock.monotonic() >= ends_at:
                 self.request_stop("duration reached")
-            sleep_until(self.clock, started + self.config.check_interval_s, lambda: self.stop_requested)
+            self._wait_until(next_loop_at)
+
+    def _wait_until(self, deadline: float) -> None:
+        if self.streams is not None:
+            self.streams.wait_until(deadline, lambda: self.stop_requested)
+        else:
+            sleep_until(self.clock, deadline, lambda: self.stop_requested)
 
     # -- one loop --
 
-    def run_once(self) -> None:
-        """One loop, then the health alerts: reads failing loop after loop, a failing login."""
+    def run_once(self, regular: bool = True) -> None:
+        """One loop, then the health alerts: reads failing loop after loop, a failing login.
+        `regular`: the check interval's loop (False: woken early by the streams)."""
+        if not regular and self.failed_loops:
+            return  # the last loop's reads failed: no decision until a loop reads again
         self.iteration += 1
-        decided = self._decide_once()
+        self.regular_loops += regular
+        decided = self._decide_once(regular)
         self.failed_loops = 0 if decided else self.failed_loops + 1
         self.alerter.condition("failures", self.failed_loops >= FAILED_LOOPS_ALERT,
                                f"exchange reads failing ({self.last_read_error})")
@@ -878,29 +949,36 @@ class MarketMaker:
         self.alerter.condition("refused", any(count for count, _ in self.refusals.values()),
                                f"quotes refused by the exchange ({self.last_refusal})")
 
-    def _decide_once(self) -> bool:
+    def _decide_once(self, regular: bool = True) -> bool:
         """One pass: the reads in one round trip, then close, reconcile and requote; True if it
         got as far as the quoting decision.
 
-        Every loop reads the position and the price; our orders when one awaits confirmation
-        or the audit is due; the status of orders that may have filled; the balance every 10th
-        loop. The reads overlap, so the price is read at the same point of every loop and the
-        decision follows it at once. A failed read ends the pass: no decision is made on
-        unknown state.
+        Without the streams every loop reads the position and the price; our orders when one
+        awaits confirmation or the audit is due; the status of orders that may have filled; the
+        balance every 10th loop. The reads overlap, so the price is read at the same point of
+        every loop and the decision follows it at once. A failed read ends the pass: no decision
+        is made on unknown state. With the streams healthy, what they said comes first and
+        REST reads only what they cannot vouch for (see STREAM_PRICE_MAX_AGE_S).
         """
         sent_at = self.clock.monotonic()
-        reads: dict[str, Callable[[], Any]] = {"position": self._read_position}
+        streamed = self._take_stream_news()
+        reads: dict[str, Callable[[], Any]] = {}
+        if regular and self.position_read_due():
+            reads["position"] = self._read_position
         if self.orders_await_confirmation() or self.audit_due():
             reads["orders"] = self._read_open_orders
-        for cl_ord_id, check in self.fill_checks.items():
-            if check.filled is None:
-                reads[f"fill:{cl_ord_id}"] = partial(self._look_up, cl_ord_id)
-        if self.iteration % BALANCE_CHECK_EVERY_LOOPS == 0:
-            reads["balance"] = self._read_balance
+        if regular:
+            for cl_ord_id, check in self.fill_checks.items():
+                if check.filled is None:
+                    reads[f"fill:{cl_ord_id}"] = partial(self._look_up, cl_ord_id)
+            if self.regular_loops % BALANCE_CHECK_EVERY_LOOPS == 0:
+                reads["balance"] = self._read_balance
         if self.clock.monotonic() - self.rules_read_at >= RULES_REFRESH_S:
             reads["rules"] = self._read_rules
-        reads["market"] = self._read_market
+        if streamed is None:
+            reads["market"] = self._read_market
         got = dict(zip(reads, self.clock.gather(list(reads.values()))))
+        got.setdefault("market", streamed)
         if got.get("balance") is not None:
             self._set_mode(got["balance"])
         if got.get("rules") is not None:
@@ -908,10 +986,12 @@ class MarketMaker:
         for key, found in got.items():
             if key.startswith("fill:"):
                 self._note_fill_status(key.removeprefix("fill:"), found)
-        position = got["position"]
-        if position is None:
-            return False
-        self._note_position(position, sent_at)
+        if "position" in got:
+            if got["position"] is None:
+                return False
+            self.position_read_at = sent_at
+            self._note_position(got["position"], sent_at)
+        position = self.position
         if position != 0:
             self.close_position(position)
             self._cancel_orders([o for o in self.orders
@@ -946,11 +1026,107 @@ class MarketMaker:
     def audit_due(self) -> bool:
         """Time to check the exchange's list for what local state cannot see (strays, orders
         gone without our cancel)."""
-        return self.clock.monotonic() - self.last_audit_at >= AUDIT_EVERY_S
+        every_s = STREAM_AUDIT_EVERY_S if self.streams_vouch_for_orders() else AUDIT_EVERY_S
+        return self.clock.monotonic() - self.last_audit_at >= every_s
 
     def orders_await_confirmation(self) -> bool:
-        """An order of ours was sent but not yet seen, or cancelled but not yet gone."""
-        return any(not o.seen or o.cancelling for o in self.orders) or bool(self.strays)
+        """An order of ours was sent but not yet seen, or cancelled but not yet gone (with the
+        streams vouching for our orders: for STREAM_CONFIRM_S, the time their event takes)."""
+        now = self.clock.monotonic()
+        grace_s = STREAM_CONFIRM_S if self.streams_vouch_for_orders() else 0.0
+        return any(now - (o.cancel_sent_at if o.cancelling else o.sent_at) >= grace_s
+                   for o in self.orders if not o.seen or o.cancelling) or bool(self.strays)
+
+    def position_read_due(self) -> bool:
+        """The position is read every loop without the streams; with them, every
+        STREAM_POSITION_EVERY_S, and whenever a fill check or an open position depends on it."""
+        if not self.streams_vouch_for_orders() or self.fill_checks or self.position != 0:
+            return True
+        return self.clock.monotonic() - self.position_read_at >= STREAM_POSITION_EVERY_S
+
+    # -- the streams --
+
+    def streams_vouch_for_orders(self) -> bool:
+        """The market stream is up, flowing (a price within STREAM_PRICE_MAX_AGE_S) and our
+        account is authenticated on it: our orders' and the position's changes reach us as they
+        happen. A socket that went quiet is not trusted until it is declared dead."""
+        if self.streams is None:
+            return False
+        state = self.streams.state
+        price = state.latest_price()
+        return (state.connected("market") and state.connected("user") and price is not None
+                and self.clock.monotonic() - price.received_at <= STREAM_PRICE_MAX_AGE_S)
+
+    def _take_stream_news(self) -> Market | None:
+        """Apply what the streams said since the last pass: a reconnect (everything is read
+        again by REST), our orders' changes, order outcomes, a position. The market from the
+        stream when its price is fresh, else None (read it by REST)."""
+        if self.streams is None:
+            return None
+        state = self.streams.state
+        if state.resyncs != self.resyncs_seen:
+            # Events may have been missed while disconnected: list and read everything now.
+            self.resyncs_seen = state.resyncs
+            self.last_audit_at = self.position_read_at = float("-inf")
+        self._apply_order_events(state.drain_orders())
+        self._apply_outcomes(state.drain_outcomes())
+        self._apply_streamed_position(state.latest_position_row())
+        price = state.latest_price()
+        if (price is None or not state.connected("market")
+                or self.clock.monotonic() - price.received_at > STREAM_PRICE_MAX_AGE_S):
+            return None
+        return Market(price.mark, price.best_bid, price.best_ask, price.received_at)
+
+    def _apply_order_events(self, rows: list[dict[str, Any]]) -> None:
+        """Our orders' changes from the stream, oldest first: visible, partly filled, or over
+        (then handled as a lookup that found it over would be). Rows of orders we no longer
+        track are the audit's business."""
+        tracked = {o.cl_ord_id: o for o in self.orders}
+        for row in rows:
+            order = tracked.get(str(row.get("cl_ord_id") or ""))
+            if order is None or order not in self.orders:
+                continue
+            found = order_status(row)
+            if found.status is None:
+                continue
+            if not found.over:
+                self._note_resting(order)
+                self._note_partial_fill(order, row)
+                continue
+            self.orders.remove(order)
+            self._log_over(order, found)
+            self._settle_final(order, found)
+
+    def _apply_outcomes(self, outcomes: list[dict[str, Any]]) -> None:
+        """The order response stream's pushes: a rejection in matching of an order of ours not
+        yet visible is final at once (the side quotes again in this very pass, if it may)."""
+        waiting = {o.request_id: o for o in self.orders if o.request_id and not o.seen}
+        for outcome in outcomes:
+            order = waiting.get(str(outcome.get("request_id") or ""))
+            if order is None or outcome.get("code") in (0, "0", None) or order not in self.orders:
+                continue
+            self.orders.remove(order)
+            found = OrderStatus("rejected", Decimal(0), None, str(outcome.get("message") or ""))
+            self._log_over(order, found)
+            self._settle_final(order, found)
+
+    def _apply_streamed_position(self, row: Mapping[str, Any] | None) -> None:
+        """A position from the stream newer than the last REST read: one that opened is closed
+        at once. Flat is left for the next REST read to confirm (a streamed flat never
+        unblocks a side by itself)."""
+        if row is None:
+            return
+        try:
+            position = signed_position([row], self.config.symbol)
+        except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
+            return
+        updated_at = exchange_time(row.get("updated_at"))
+        if position == 0 or position == self.position or updated_at is None or (
+                self.position_updated_at is not None and updated_at <= self.position_updated_at):
+            return
+        self.entry_price = positive_decimal(row.get("entry_price")) or self.entry_price
+        self.position_updated_at = updated_at
+        self._note_position(position, float("-inf"))  # settles no fill check: REST does
 
     def _read_balance(self) -> Decimal | None:
         try:
@@ -992,7 +1168,8 @@ class MarketMaker:
             self.alerter.send("close", f"position closed: {result}")
         self.position = position
         if position != 0:
-            self.position_grown_at[BUY if position > 0 else SELL] = sent_at
+            side = BUY if position > 0 else SELL
+            self.position_grown_at[side] = max(self.position_grown_at[side], sent_at)
         self._settle_fill_checks(sent_at)
 
     def _round_trip_result(self) -> str:
@@ -1220,9 +1397,19 @@ class MarketMaker:
         if not found.over:
             self._note_resting(order)  # live after all: it shows in the next list
             return True
+        self._log_over(order, found)
+        self._settle_final(order, found)
+        return False
+
+    @staticmethod
+    def _log_over(order: OurOrder, found: OrderStatus) -> None:
         if not order.cancelling:
             log.info("%s order %s at %s was %s by the exchange%s", order.side, order.cl_ord_id,
                      order.price, found.status, f" ({found.remark})" if found.remark else "")
+
+    def _settle_final(self, order: OurOrder, found: OrderStatus) -> None:
+        """An order of ours the exchange shows over, no longer tracked: a lasting rejection
+        backs its side off, a fill (or an unknown amount filled) starts a fill check."""
         if found.status == "rejected":
             # Rejected in matching for a reason the exchange names that may last (margin): the
             # side backs off as for a refused request (_note_rejection); a post-only quote that
@@ -1231,7 +1418,6 @@ class MarketMaker:
             if found.remark and is_lasting_refusal(rejection):
                 self._note_rejection(order.side, rejection)
         self._check_for_fill(order, found)
-        return False
 
     def _active(self, side: str) -> list[OurOrder]:
         return [o for o in self.orders if o.side == side and not o.cancelling]
@@ -1433,11 +1619,17 @@ class MarketMaker:
 
     def _send_quote(self, order: OurOrder) -> StandXError | None:
         """The new_order request alone (it may run on another thread): the error, if any."""
+        session_id = self.streams.session_id if self.streams is not None and self.streams.api_ready() else None
+        before = self.auth.last_request_id()
         try:
-            api.new_limit_order(self.auth, self.config.symbol, order.side, self.qty,
-                                order.price, self.config.time_in_force, cl_ord_id=order.cl_ord_id)
+            api.new_limit_order(self.auth, self.config.symbol, order.side, self.qty, order.price,
+                                self.config.time_in_force, cl_ord_id=order.cl_ord_id, session_id=session_id)
         except StandXError as exc:
             return exc
+        finally:
+            # The id this request was signed with (none if it failed before signing).
+            sent = self.auth.last_request_id()
+            order.request_id = sent if sent != before else None
         log.debug("placed %s %s @ %s (%s)", order.side, self.qty, order.price, order.cl_ord_id)
         return None
 
@@ -1449,14 +1641,7 @@ class MarketMaker:
         except StandXError as exc:
             log.debug("order %s not visible yet (%s)", cl_ord_id, exc)
             return OrderStatus(None)
-        status = answer.get("status") if isinstance(answer, dict) else None
-        if not status:
-            return OrderStatus(None)
-        fill_qty = answer.get("fill_qty")
-        return OrderStatus(str(status).lower(), positive_decimal(fill_qty) or
-                           (Decimal(0) if fill_qty is not None else None),
-                           exchange_time(answer.get("updated_at")), str(answer.get("remark") or ""),
-                           positive_decimal(answer.get("fill_avg_price")))
+        return order_status(answer)
 
     def _cancel_orders(self, orders: list[OurOrder]) -> bool:
         """Ask to cancel tracked orders, in one request; they stay tracked until seen gone.
@@ -1541,6 +1726,8 @@ class MarketMaker:
                        "check on the exchange (our orders are cancelled at the next start)")
             log.error("stop deadline reached: %s", outcome)
         self.alerter.send("stop", f"stopped ({self.stop_reason}): {outcome}")
+        if self.streams is not None:
+            self.streams.stop()
         return clean and flat
 
     def _resolve_given_up(self) -> None:
@@ -1733,7 +1920,7 @@ def describe(config: Config) -> str:
     return (f"symbol={config.symbol} qty={config.qty} band={band.target_bps}/{band.min_bps}/"
             f"{band.max_bps}bps thresholds={config.balance_threshold_1}/{config.balance_threshold_2}{floor} "
             f"interval={config.check_interval_s}s tif={config.time_in_force} "
-            f"requote={config.requote_mode} perps={config.perps_base_url}")
+            f"requote={config.requote_mode} feed={config.price_feed} perps={config.perps_base_url}")
 
 
 def install_signal_handlers(maker: MarketMaker) -> None:
@@ -1764,6 +1951,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration OK: {describe(config)}")
         print(f"wallet {Account.from_key(config.private_key).address}, auth {config.auth_base_url}, "
               f"perps {config.perps_base_url}")
+        if config.price_feed == "ws":
+            print(f"streams {config.ws_stream_url}, {config.ws_api_url}")
         return EXIT_OK
     if args.status:
         setup_logging("CRITICAL")  # the one line below says what failed
@@ -1785,7 +1974,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ALREADY_RUNNING
     alerter = Alerter(alert_config, account=auth.address, symbol=config.symbol,
                       clock=auth.clock.monotonic)
-    maker = MarketMaker(config, auth, state_path=state_file_path(config, auth.address), alerter=alerter)
+    maker = MarketMaker(config, auth, state_path=state_file_path(config, auth.address), alerter=alerter,
+                        streams=streams_for(config, auth))
     install_signal_handlers(maker)
     log.info("starting: %s wallet=%s", describe(config), auth.address)
     try:
@@ -1793,6 +1983,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         alerter.close()  # the stop message goes out, within a second at most
         lock.close()
+
+
+def streams_for(config: Config, auth: StandXAuth) -> StandXStreams | None:
+    """StandX's streams for the daemon, unless MARKET_MAKER_PRICE_FEED=rest."""
+    if config.price_feed != "ws":
+        return None
+    return StandXStreams(auth, config.symbol, config.ws_stream_url, config.ws_api_url, auth.clock)
 
 
 def show_status(config: Config) -> int:
@@ -1904,9 +2101,10 @@ def simulate(config: Config, args: argparse.Namespace) -> int:
     sim = Simulator(WallClock(), market, meter_qty=config.qty, symbol=config.symbol)
     server = SimServer(sim)
     url = server.start()
-    config = replace(config, auth_base_url=url, perps_base_url=url)
+    stream_url, api_url = stream_urls(url)
+    config = replace(config, auth_base_url=url, perps_base_url=url, ws_stream_url=stream_url, ws_api_url=api_url)
     auth = StandXAuth(config.private_key, auth_base_url=url, perps_base_url=url, clock=RealClock())
-    maker = MarketMaker(config, auth)
+    maker = MarketMaker(config, auth, streams=streams_for(config, auth))
     maker.status_every_s = STATUS_EVERY_S  # something to watch
     install_signal_handlers(maker)
     log.info("simulator at %s; %s", url, describe(config))
@@ -1923,10 +2121,11 @@ def simulate(config: Config, args: argparse.Namespace) -> int:
 
 
 def replay_config(environ: Mapping[str, str], env_file: str | None, requote: str | None, base_url: str,
-                  private_key: str) -> Config:
+                  private_key: str, price_feed: str | None = None) -> Config:
     """The settings for a replay in the simulator: the env file fills in, the environment wins,
-    then the wallet key and both base URLs are forced to the simulator's and `requote` (when
-    given) overrides MARKET_MAKER_REQUOTE. Raises ConfigError as load_config does."""
+    then the wallet key and both base URLs are forced to the simulator's (the stream URLs
+    derive from them), and `requote` and `price_feed` (when given) override
+    MARKET_MAKER_REQUOTE and MARKET_MAKER_PRICE_FEED. Raises ConfigError as load_config does."""
     env: dict[str, str] = {}
     if env_file is not None:
         if not os.path.isfile(env_file):
@@ -1935,17 +2134,25 @@ def replay_config(environ: Mapping[str, str], env_file: str | None, requote: str
     env.update(environ)
     env.update({"STANDX_AUTH_BASE_URL": base_url, "STANDX_PERPS_BASE_URL": base_url,
                 "WALLET_PRIVATE_KEY": private_key})
+    for name in ("STANDX_WS_STREAM_URL", "STANDX_WS_API_URL"):
+        env.pop(name, None)
     if requote is not None:
         env["MARKET_MAKER_REQUOTE"] = requote
+    if price_feed is not None:
+        env["MARKET_MAKER_PRICE_FEED"] = price_feed
     return load_config(env)
 
 
-def daemon_on(config: Config, session: Any, clock: Clock, run_id: str | None = None) -> tuple[MarketMaker, str]:
+def daemon_on(config: Config, session: Any, clock: Clock, feed: Any = None,
+              run_id: str | None = None) -> tuple[MarketMaker, str]:
     """The daemon on a given HTTP session and clock, as the simulator's replay runs it: the daemon
-    and its wallet address. Bind `config` (functools.partial) to hand it to standx_sim.backtest."""
+    and its wallet address. With the ws price feed, it listens to `feed` (the simulator's streams
+    in virtual time, standx_sim.streams.VirtualFeed). Bind `config` (functools.partial) to hand
+    it to standx_sim.backtest."""
     auth = StandXAuth(config.private_key, auth_base_url=config.auth_base_url,
                       perps_base_url=config.perps_base_url, clock=clock, session=session)
-    return MarketMaker(config, auth, clock=clock, run_id=run_id), auth.address
+    streams = FeedStreams(feed, auth, config.symbol, clock) if feed is not None and config.price_feed == "ws" else None
+    return MarketMaker(config, auth, clock=clock, run_id=run_id, streams=streams), auth.address
 
 
 def run_cli() -> int:

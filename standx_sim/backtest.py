@@ -66,6 +66,7 @@ from .figures import run_figures
 from .market import Market, RecordedMarket
 from .presets import PRESETS
 from .simulator import Simulator
+from .streams import VirtualFeed
 from .transport import InProcessAdapter, InProcessSession
 
 SIM_URL = "http://standx.sim"
@@ -98,9 +99,10 @@ class Daemon(Protocol):
     def run(self, duration_s: float | None = None) -> int: ...
 
 
-# Builds the daemon to replay on this requests Session (its base URLs at SIM_URL) and clock:
-# the daemon and the wallet address it logs in with.
-DaemonFactory = Callable[[requests.Session, Clock], tuple[Daemon, str]]
+# Builds the daemon to replay on this requests Session (its base URLs at SIM_URL), clock and
+# stream feed (the simulator's streams in virtual time, for a daemon that listens to them): the
+# daemon and the wallet address it logs in with.
+DaemonFactory = Callable[[requests.Session, Clock, VirtualFeed], tuple[Daemon, str]]
 
 
 # ---- scoring (pure) -------------------------------------------------------------------------
@@ -192,11 +194,13 @@ def replay_session(adapter: InProcessAdapter, lean: bool = True) -> requests.Ses
 
 
 def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Decimal, latency_ms: float = 150.0,
-             max_seconds: float | None = None, lean: bool = True, mark: str = "standx") -> dict:
+             max_seconds: float | None = None, lean: bool = True, mark: str = "standx",
+             feed_latency_ms: float = 50.0) -> dict:
     """Replay one hour with the daemon the factory builds; the hour's figures (see the module
     docstring). meter_qty: the smallest quote that counts for uptime (the daemon's order size);
     lean: the daemon's Session is an InProcessSession (see replay_session); mark: the
-    simulator's mark model ("standx", StandX's lagging mark, or "mid")."""
+    simulator's mark model ("standx", StandX's lagging mark, or "mid"); feed_latency_ms: how
+    long a stream message takes to reach the daemon (streams.VirtualFeed)."""
     wall_started = time.perf_counter()
     name, market = load_hour(source)
     start_ts = market.start_ts
@@ -207,7 +211,8 @@ def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Deci
     sim = Simulator(clock, market=market, meter_qty=meter_qty, mark=mark)
     sim.exchange.schedule_snapshots(snapshot_times(start_ts, duration_s))
 
-    maker, address = daemon(replay_session(sim.adapter(latency_s=latency_ms / 1000), lean), clock)
+    feed = VirtualFeed(sim, clock, latency_s=feed_latency_ms / 1000)
+    maker, address = daemon(replay_session(sim.adapter(latency_s=latency_ms / 1000), lean), clock, feed)
     exit_code = maker.run(duration_s=duration_s)
 
     metrics = sim.exchange.metrics(address)
@@ -237,13 +242,13 @@ def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Deci
 
 def run_hours(sources: Sequence[str | SyntheticHour], daemon: DaemonFactory, meter_qty: Decimal,
               latency_ms: float = 150.0, max_seconds: float | None = None, jobs: int = 1,
-              lean: bool = True, mark: str = "standx") -> list[dict]:
+              lean: bool = True, mark: str = "standx", feed_latency_ms: float = 50.0) -> list[dict]:
     """run_hour for each source, the figures in the order of the sources: in this process with
     jobs=1, else on up to `jobs` processes. Each hour starts from nothing but its source, so the
     figures are the same either way; the daemon factory must pickle (a functools.partial of a
     top-level function does)."""
     hour = partial(run_hour, daemon=daemon, meter_qty=meter_qty, latency_ms=latency_ms, max_seconds=max_seconds,
-                   lean=lean, mark=mark)
+                   lean=lean, mark=mark, feed_latency_ms=feed_latency_ms)
     workers = min(jobs, len(sources))
     if workers <= 1:
         return [hour(source) for source in sources]

@@ -22,9 +22,13 @@ class FakeAuth:
         self.requests_sent = 0
         self.logins = 0
         self.login_failure: str | None = None
+        self.sent_request_id: str | None = None  # FakeApi numbers each new order's request
 
     def authenticate(self) -> None:
         self.logins += 1
+
+    def last_request_id(self) -> str | None:
+        return self.sent_request_id
 
 
 class FakeApi:
@@ -106,6 +110,8 @@ class FakeApi:
                         **_: Any) -> dict[str, Any]:
         self._record("new_limit_order", symbol=symbol, side=side, qty=qty, price=price,
                      time_in_force=time_in_force, reduce_only=reduce_only, cl_ord_id=cl_ord_id)
+        if hasattr(auth, "sent_request_id"):
+            auth.sent_request_id = f"request-{len(self.calls)}"
         if side in self.lost_sides:
             raise UnknownOutcomeError("ConnectionError: the order request may have been applied")
         self.add_open(cl_ord_id, side, str(price), symbol)

@@ -20,12 +20,15 @@ from standx_auth import StandXAuth
 from standx_sim import Simulator, SyntheticMarket, VirtualClock
 from standx_sim.exchange import PENDING, RESTING
 from standx_sim.simulate import throwaway_key
+from standx_sim.streams import VirtualFeed
+from standx_ws import FeedStreams
 from standx_sim.transport import InProcessAdapter
 from standx_sim.wire import decompress
 
 BASE_URL = "http://standx.sim"
 START_TS = 1_767_657_600.0
 LATENCY_S = 0.05
+FEED_LATENCY_S = 0.05
 QTY = Decimal("0.005")
 # A quote on the side that grows a position is a fault only once the daemon could have seen
 # that position: a loop, the round trips, and any lag the position answers are given.
@@ -104,11 +107,13 @@ def moving_market() -> SyntheticMarket:
 
 def run_daemon(seconds: float, *, setup: Callable[[Run], None] | None = None,
                actions: list[tuple[float, Action]] = (), env: dict[str, str] | None = None,
-               market: SyntheticMarket | None = None, monkeypatch=None, mark: str = "standx") -> Run:
+               market: SyntheticMarket | None = None, monkeypatch=None, mark: str = "standx",
+               feed: str = "rest") -> Run:
     """Run the daemon for `seconds` of virtual time (then its clean stop), applying each action
     once the clock passes its time, and return the record. The simulator has its realistic
     defaults; a test that needs a price move to reach the mark at once (to time a requote to the
-    moment) passes mark="mid"."""
+    moment) passes mark="mid". feed="ws": the daemon also listens to the simulator's streams
+    (in virtual time, FEED_LATENCY_S late)."""
     clock = VirtualClock(START_TS)
     sim = Simulator(clock, market or moving_market(), meter_qty=QTY, seed=3, mark=mark)
     key = throwaway_key()
@@ -121,7 +126,8 @@ def run_daemon(seconds: float, *, setup: Callable[[Run], None] | None = None,
     session.mount(BASE_URL, InProcessAdapter(_recording(run), clock, LATENCY_S))
     auth = StandXAuth(config.private_key, auth_base_url=BASE_URL, perps_base_url=BASE_URL,
                       clock=clock, session=session)
-    run.maker = mm.MarketMaker(config, auth, clock=clock)
+    streams = FeedStreams(VirtualFeed(sim, clock, FEED_LATENCY_S), auth, config.symbol, clock) if feed == "ws" else None
+    run.maker = mm.MarketMaker(config, auth, clock=clock, streams=streams)
     if monkeypatch is not None:
         _record_signing_keys(run, monkeypatch)
     _instrument(run, sorted(actions, key=lambda a: a[0]))
@@ -196,10 +202,10 @@ def _instrument(run: Run, actions: list[tuple[float, Action]]) -> None:
     pending = list(actions)
     run_once, requote, shutdown, request_stop = maker.run_once, maker.requote, maker.shutdown, maker.request_stop
 
-    def instrumented_run_once():
+    def instrumented_run_once(regular=True):
         while pending and maker.clock.now() >= run.t(pending[0][0]):
             pending.pop(0)[1](run)
-        run_once()
+        run_once(regular)
 
     def recording_requote(market):
         run.decision_loops.add(maker.iteration)

@@ -31,6 +31,22 @@ def test_defaults_match_the_original():
     assert config.perps_base_url == "https://perps.standx.com"
 
 
+def test_the_streams_are_the_default_feed_on_the_perps_host():
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY})
+    assert config.price_feed == "ws"
+    assert config.ws_stream_url == "wss://perps.standx.com/ws-stream/v1"
+    assert config.ws_api_url == "wss://perps.standx.com/ws-api/v1"
+
+
+def test_stream_urls_follow_the_perps_url_unless_set():
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "STANDX_PERPS_BASE_URL": "http://127.0.0.1:8000"})
+    assert (config.ws_stream_url, config.ws_api_url) == ("ws://127.0.0.1:8000/ws-stream/v1",
+                                                         "ws://127.0.0.1:8000/ws-api/v1")
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "STANDX_WS_STREAM_URL": "wss://proxy/stream",
+                             "STANDX_WS_API_URL": "wss://proxy/api", "MARKET_MAKER_PRICE_FEED": "REST"})
+    assert (config.ws_stream_url, config.ws_api_url, config.price_feed) == ("wss://proxy/stream", "wss://proxy/api", "rest")
+
+
 @pytest.mark.parametrize("raw", [KEY, KEY_HEX, f"  {KEY}\n", KEY.upper().replace("0X", "0x"), f"{KEY_HEX}\r\n"])
 def test_private_key_with_or_without_0x_and_whitespace_is_accepted(raw):
     assert mm.load_config({"WALLET_PRIVATE_KEY": raw}).private_key == KEY
@@ -65,6 +81,10 @@ INVALID = [
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
     ({"STANDX_AUTH_BASE_URL": "api.standx.com"}, "STANDX_AUTH_BASE_URL"),
     ({"STANDX_PERPS_BASE_URL": "ftp://perps"}, "STANDX_PERPS_BASE_URL"),
+    ({"STANDX_PERPS_BASE_URL": "https://perps.standx.com?x=1"}, "STANDX_PERPS_BASE_URL"),
+    ({"MARKET_MAKER_PRICE_FEED": "websocket"}, "MARKET_MAKER_PRICE_FEED"),
+    ({"STANDX_WS_STREAM_URL": "https://perps.standx.com/ws-stream/v1"}, "STANDX_WS_STREAM_URL"),
+    ({"STANDX_WS_API_URL": "wss://"}, "STANDX_WS_API_URL"),
 ]
 
 
@@ -256,6 +276,7 @@ def test_check_config_names_the_wallet_and_the_endpoints_never_the_key(tmp_path)
     assert result.returncode == 0, result.stderr
     assert ("wallet 0x2c7536E3605D9C16a7a3D7b1898e529396a65c23, auth https://api.standx.com, "
             "perps http://127.0.0.1:9") in result.stdout
+    assert "streams ws://127.0.0.1:9/ws-stream/v1, ws://127.0.0.1:9/ws-api/v1" in result.stdout
     assert KEY_HEX not in result.stdout + result.stderr
 
 

@@ -1,0 +1,307 @@
+"""MarketMaker with StandX's streams: what it takes from them, what it still reads by REST, and
+what it never decides on a stream's word alone. The streams are a real standx_ws.StreamState fed
+frames by hand; the exchange is the in-memory FakeApi."""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any, Callable
+
+import pytest
+
+import market_maker as mm
+from standx_ws import StreamState
+from tests.exchange_fakes import FakeClock
+from tests.fake_api import FakeApi, FakeAuth
+from tests.test_market_maker import KEY, placed
+
+ISO_BASE = "2026-01-06T00:00:{:06.3f}Z"
+
+
+class FakeStreams:
+    """What MarketMaker needs of standx_ws.StandXStreams, driven by the test."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.state = StreamState(clock, "BTC-USD")
+        self.session_id = "session-1"
+        self.ready = True
+        self.started = self.stopped = False
+        self.seq = 0
+        self.mark = "100"
+        self.flowing = True  # a price frame before every regular loop, as a live stream sends
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self.stopped = True
+
+    def api_ready(self) -> bool:
+        return self.ready
+
+    def wait_until(self, deadline: float, stop: Callable[[], bool]) -> None:
+        self.clock.sleep(max(0.0, deadline - self.clock.monotonic()))
+
+    # -- test controls --
+
+    def connect(self, user: bool = True) -> None:
+        self.state.set_connected("market", True)
+        self.state.set_connected("user", user)
+
+    def frame(self, channel: str, data: dict[str, Any], symbol: str | None = "BTC-USD") -> None:
+        self.seq += 1
+        message = {"seq": self.seq, "channel": channel, "data": data}
+        if symbol is not None and channel == "price":
+            message["symbol"] = symbol
+        self.state.handle_stream_frame(json.dumps(message))
+
+    def price(self, mark: str, bid: str | None = None, ask: str | None = None) -> None:
+        self.mark = mark
+        self.frame("price", {"base": "BTC", "quote": "DUSD", "mark_price": mark, "index_price": mark,
+                             "last_price": mark, "mid_price": mark, "spread": [bid or mark, ask or mark],
+                             "time": "2026-01-06T00:00:00Z"})
+
+
+@pytest.fixture
+def exchange(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    fake = FakeApi(mark="100")
+    monkeypatch.setattr(mm, "api", fake)
+    return fake
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def streams(clock: FakeClock) -> FakeStreams:
+    return FakeStreams(clock)
+
+
+@pytest.fixture
+def maker(exchange: FakeApi, clock: FakeClock, streams: FakeStreams) -> mm.MarketMaker:
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY})
+    maker = mm.MarketMaker(config, FakeAuth(clock), clock=clock, run_id="abc123", streams=streams)
+    maker.start()
+    exchange.calls.clear()  # the start's reads (the margin check reads the price) are not the loop's
+    streams.connect()
+    streams.price("100")
+    return maker
+
+
+def regular(maker: mm.MarketMaker, seconds: float = 0.5) -> None:
+    maker.clock.sleep(seconds)
+    if maker.streams.flowing:
+        maker.streams.price(maker.streams.mark)
+    maker.run_once()
+
+
+def woken(maker: mm.MarketMaker, seconds: float = 0.05) -> None:
+    maker.clock.sleep(seconds)
+    maker.run_once(regular=False)
+
+
+def reads_of(exchange: FakeApi, name: str) -> int:
+    return len(exchange.calls_of(name))
+
+
+def settle_quotes(maker: mm.MarketMaker, exchange: FakeApi, streams: FakeStreams) -> dict[str, dict]:
+    """The first quotes placed and shown resting by the order stream."""
+    maker.run_once()
+    ours = {o["side"]: o for o in exchange.ours()}
+    for row in ours.values():
+        streams.frame("order", {**row, "status": "open", "updated_at": ISO_BASE.format(1)}, symbol=None)
+    woken(maker)
+    return ours
+
+
+def test_a_fresh_stream_price_replaces_the_rest_price_read(maker, exchange, streams):
+    maker.run_once()
+    assert reads_of(exchange, "query_symbol_price") == 0
+    assert sorted(Decimal(c["price"]) for c in placed(exchange)) == [Decimal("99.925"), Decimal("100.075")]
+
+
+def test_a_stream_price_older_than_the_limit_is_read_by_rest_instead(maker, exchange, streams):
+    maker.clock.sleep(mm.STREAM_PRICE_MAX_AGE_S + 0.1)
+    maker.run_once()
+    assert reads_of(exchange, "query_symbol_price") == 1
+
+
+def test_a_disconnected_market_stream_falls_back_to_the_rest_price(maker, exchange, streams):
+    streams.state.set_connected("market", False)
+    maker.run_once()
+    assert reads_of(exchange, "query_symbol_price") == 1
+
+
+def test_a_mark_move_on_the_stream_is_requoted_in_a_woken_loop_without_rest_reads(maker, exchange, streams):
+    old = settle_quotes(maker, exchange, streams)
+    before = len(exchange.calls)
+    streams.price("100.05")  # buy now 12.5 bps away, sell 2.5 bps: both out of the band
+    woken(maker)
+    names = exchange.names()[before:]
+    assert "query_positions" not in names and "query_symbol_price" not in names
+    assert names[0] == "cancel_orders"
+    assert exchange.calls_of("cancel_orders")[-1]["cl_ord_ids"] == [old["buy"]["cl_ord_id"], old["sell"]["cl_ord_id"]]
+    assert {c["side"]: Decimal(c["price"]) for c in placed(exchange)[2:]} == {
+        "buy": Decimal("99.974"), "sell": Decimal("100.126")}
+
+
+def test_orders_confirmed_by_the_stream_need_no_rest_list(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    lists = reads_of(exchange, "query_open_orders")
+    for _ in range(int(mm.STREAM_AUDIT_EVERY_S / 0.5) - 2):
+        regular(maker)
+    assert reads_of(exchange, "query_open_orders") == lists
+    regular(maker, 1.0)
+    assert reads_of(exchange, "query_open_orders") == lists + 1  # the lower-cadence audit
+
+
+def test_a_stream_gone_quiet_is_not_trusted_with_our_orders(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    streams.flowing = False  # connected, but nothing arrives (a stalled socket)
+    lists, positions = reads_of(exchange, "query_open_orders"), reads_of(exchange, "query_positions")
+    regular(maker, mm.STREAM_PRICE_MAX_AGE_S + 0.1)
+    assert reads_of(exchange, "query_open_orders") == lists + 1  # the audit at its REST cadence
+    regular(maker)
+    regular(maker)
+    assert reads_of(exchange, "query_positions") == positions + 3  # the position every loop again
+    assert reads_of(exchange, "query_symbol_price") == 3  # and the price
+
+
+def test_an_order_the_stream_does_not_confirm_in_time_is_confirmed_by_rest(maker, exchange, streams):
+    maker.run_once()
+    lists = reads_of(exchange, "query_open_orders")
+    regular(maker)
+    assert reads_of(exchange, "query_open_orders") == lists  # the stream has its grace period
+    regular(maker, mm.STREAM_CONFIRM_S)
+    assert reads_of(exchange, "query_open_orders") == lists + 1
+
+
+def test_without_our_account_on_the_stream_orders_are_confirmed_by_rest_every_loop(maker, exchange, streams):
+    streams.state.set_connected("user", False)
+    maker.run_once()
+    lists = reads_of(exchange, "query_open_orders")
+    regular(maker)
+    assert reads_of(exchange, "query_open_orders") == lists + 1
+    assert reads_of(exchange, "query_positions") >= 2  # and the position every loop
+
+
+def test_the_position_is_read_at_the_lower_cadence_while_the_streams_vouch_for_it(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    reads = reads_of(exchange, "query_positions")
+    regular(maker)
+    regular(maker)
+    assert reads_of(exchange, "query_positions") == reads
+    regular(maker, mm.STREAM_POSITION_EVERY_S)
+    assert reads_of(exchange, "query_positions") == reads + 1
+
+
+def test_a_fill_is_closed_from_the_position_event_at_once(maker, exchange, streams):
+    ours = settle_quotes(maker, exchange, streams)
+    exchange.open.remove(ours["buy"])
+    exchange.position = Decimal("0.005")
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "entry_price": "99.925",
+                               "updated_at": ISO_BASE.format(5)}, symbol=None)
+    woken(maker)
+    close = exchange.calls_of("new_market_order")
+    assert close and close[-1]["side"] == "sell" and close[-1]["reduce_only"] is True
+    assert maker.position == Decimal("0.005")
+    assert not maker.side_may_quote("buy")  # the side that grew the position waits
+
+
+def test_a_streamed_position_older_than_the_rest_read_is_ignored(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    maker.position_updated_at = mm.exchange_time(ISO_BASE.format(9))
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
+                  symbol=None)
+    woken(maker)
+    assert exchange.calls_of("new_market_order") == []
+    assert maker.position == 0
+
+
+def test_a_streamed_flat_position_does_not_unblock_a_side_before_rest_confirms(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    exchange.position = Decimal("0.005")
+    regular(maker, mm.STREAM_POSITION_EVERY_S)  # REST shows the position: closing
+    assert maker.position == Decimal("0.005")
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0", "updated_at": ISO_BASE.format(30)}, symbol=None)
+    woken(maker)
+    assert maker.position == Decimal("0.005")
+
+
+def test_an_alo_rejection_pushed_on_the_order_stream_is_placed_again_at_once(maker, exchange, streams):
+    maker.run_once()
+    buy = next(o for o in maker.orders if o.side == "buy")
+    assert buy.request_id
+    exchange.open = [o for o in exchange.open if o["cl_ord_id"] != buy.cl_ord_id]  # rejected in matching
+    streams.state.handle_api_frame(json.dumps({"code": 400, "message": "alo order rejected",
+                                               "request_id": buy.request_id}))
+    woken(maker)
+    assert buy not in maker.orders
+    again = placed(exchange)[-1]
+    assert again["side"] == "buy" and again["cl_ord_id"] != buy.cl_ord_id
+    assert "query_order" not in exchange.names()  # no lookup needed: the stream said it
+
+
+def test_quotes_carry_the_order_stream_session_only_while_it_is_ready(maker, exchange, streams):
+    seen: list[Any] = []
+    original = exchange.new_limit_order
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("session_id"))
+        return original(*args, **kwargs)
+
+    exchange.new_limit_order = recording
+    maker.run_once()
+    assert seen == ["session-1", "session-1"]
+    streams.ready = False
+    for order in list(maker.orders):
+        exchange.open = [o for o in exchange.open if o["cl_ord_id"] != order.cl_ord_id]
+        streams.frame("order", {"cl_ord_id": order.cl_ord_id, "status": "canceled", "fill_qty": "0",
+                                "symbol": "BTC-USD", "updated_at": ISO_BASE.format(2)}, symbol=None)
+    woken(maker)
+    assert seen[2:] == [None, None]
+
+
+def test_an_order_over_on_the_stream_without_a_fill_frees_its_side(maker, exchange, streams):
+    ours = settle_quotes(maker, exchange, streams)
+    exchange.open.remove(ours["sell"])
+    streams.frame("order", {**ours["sell"], "status": "canceled", "fill_qty": "0",
+                            "updated_at": ISO_BASE.format(3)}, symbol=None)
+    woken(maker)
+    assert placed(exchange)[-1]["side"] == "sell"
+
+
+def test_an_order_filled_on_the_stream_waits_for_the_position(maker, exchange, streams):
+    ours = settle_quotes(maker, exchange, streams)
+    exchange.open.remove(ours["sell"])
+    streams.frame("order", {**ours["sell"], "status": "filled", "fill_qty": "0.005",
+                            "updated_at": ISO_BASE.format(3)}, symbol=None)
+    woken(maker)
+    assert [c["side"] for c in placed(exchange)] == ["buy", "sell"]  # no new sell yet
+    assert "sxmm" in next(iter(maker.fill_checks))
+
+
+def test_a_reconnect_lists_our_orders_and_reads_the_position_at_once(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    regular(maker)
+    lists, positions = reads_of(exchange, "query_open_orders"), reads_of(exchange, "query_positions")
+    streams.state.set_connected("market", False)
+    streams.connect()  # back: a resync is due
+    assert streams.state.resyncs >= 1
+    regular(maker)
+    assert reads_of(exchange, "query_open_orders") == lists + 1
+    assert reads_of(exchange, "query_positions") == positions + 1
+
+
+def test_a_stop_closes_the_streams(maker, exchange, streams):
+    maker.run_once()
+    maker.shutdown()
+    assert streams.stopped
+
+
+def test_rest_feed_builds_no_streams():
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "MARKET_MAKER_PRICE_FEED": "rest"})
+    assert mm.streams_for(config, FakeAuth(FakeClock())) is None

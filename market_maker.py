@@ -562,6 +562,151 @@ class FillCheck:
         self.fill_time = self.seen_fill_time if seen_all and self.seen_fill_time else found.updated_at
 
 
+class OurOrders:
+    """Our orders' lifecycle, in one place: REST answers (a quote sent, refused, of unknown
+    outcome), REST reads (the open-orders list, lookups) and stream events all update it, and
+    the quoting decision reads it and nothing else.
+
+    A tracked order is on its way (not `seen`), resting (seen), or being cancelled; it stops
+    being tracked once the exchange shows it over (`over`), or once it vanished from the list
+    after resting (`vanished`). Either way, an order that may have filled leaves a FillCheck that
+    holds its side until the position settles it. Orders of ours the exchange shows that we do
+    not track (an earlier run's) are strays; an order whose request got no answer and that
+    never showed up is given up on (a stop still cancels it). Times are monotonic."""
+
+    def __init__(self) -> None:
+        self.tracked: list[OurOrder] = []
+        # Orders of ours the exchange shows that we do not track (an earlier run's, or one we
+        # gave up on): side by cl_ord_id. They count towards a side's cap until gone.
+        self.strays: dict[str, str] = {}
+        self.stray_cancels: dict[str, float] = {}  # when each stray's cancel was last sent
+        self.fill_checks: dict[str, FillCheck] = {}
+        # Orders no longer waited for (never seen): cl_ord_id -> (side, when). A stop still
+        # cancels them and is not clean while one may yet appear.
+        self.given_up: dict[str, tuple[str, float]] = {}
+
+    # -- what the decisions read --
+
+    def active(self, side: str) -> list[OurOrder]:
+        """Tracked on this side and not being cancelled (resting or on its way)."""
+        return [o for o in self.tracked if o.side == side and not o.cancelling]
+
+    def resting(self, side: str) -> list[OurOrder]:
+        """Last seen resting on this side (a cancelled one until seen gone), newest first."""
+        return sorted((o for o in self.tracked if o.side == side and o.seen),
+                      key=lambda o: o.sent_at, reverse=True)
+
+    def on_side(self, side: str) -> int:
+        """Orders on a side not yet confirmed gone: tracked ones in any state, and strays."""
+        return (sum(o.side == side for o in self.tracked)
+                + sum(stray_side == side for stray_side in self.strays.values()))
+
+    def fill_check_holds(self, side: str) -> bool:
+        return any(check.side == side for check in self.fill_checks.values())
+
+    def quote_resting(self) -> bool:
+        """A quote of ours rests and is not being cancelled."""
+        return any(o.seen and not o.cancelling for o in self.tracked)
+
+    def awaiting_confirmation(self, now: float, grace_s: float = 0.0) -> bool:
+        """An order was sent but not yet seen, or cancelled but not yet gone, for at least
+        `grace_s`; or a stray awaits its cancel."""
+        return any(now - (o.cancel_sent_at if o.cancelling else o.sent_at) >= grace_s
+                   for o in self.tracked if not o.seen or o.cancelling) or bool(self.strays)
+
+    def find(self, cl_ord_id: str) -> OurOrder | None:
+        return next((o for o in self.tracked if o.cl_ord_id == cl_ord_id), None)
+
+    def awaiting_outcome(self, request_id: str) -> OurOrder | None:
+        """The tracked order, not yet seen, whose request had this x-request-id."""
+        return next((o for o in self.tracked if o.request_id == request_id and not o.seen), None)
+
+    # -- what happened to them --
+
+    def track(self, order: OurOrder) -> None:
+        self.tracked.append(order)
+
+    def drop(self, order: OurOrder) -> None:
+        """Not tracked any more: refused at once, or given up on (see give_up)."""
+        self.tracked.remove(order)
+
+    def mark_stale(self) -> None:
+        """Every quote was priced for another band."""
+        for order in self.tracked:
+            order.stale = True
+
+    @staticmethod
+    def note_partial_fill(order: OurOrder, row: Mapping[str, Any]) -> None:
+        """A resting order that shows more of it filled: how much, and when (the row's update
+        time), so that a later fill check knows when that fill happened."""
+        filled = positive_decimal(row.get("fill_qty"))
+        if filled is not None and filled > order.fill_qty_seen:
+            order.fill_qty_seen, order.fill_time = filled, exchange_time(row.get("updated_at"))
+
+    def vanished(self, order: OurOrder, now: float) -> None:
+        """Seen resting, now absent from the list, its status not known: it may have filled."""
+        self.tracked.remove(order)
+        self._may_have_filled(order, now)
+
+    def over(self, order: OurOrder, found: OrderStatus, now: float) -> None:
+        """The exchange shows it over: no longer tracked; one that filled, even in part, or
+        whose fill is not said, starts a fill check."""
+        if order in self.tracked:
+            self.tracked.remove(order)
+        if found.filled:
+            self._may_have_filled(order, now)
+            self.fill_checks[order.cl_ord_id].note(found)
+        elif found.fill_qty is None:
+            self._may_have_filled(order, now)
+
+    def give_up(self, order: OurOrder, now: float) -> None:
+        """Its request got no answer and it never showed: no longer waited for."""
+        self.tracked.remove(order)
+        self.given_up[order.cl_ord_id] = (order.side, now)
+
+    def settle_given_up(self, cl_ord_id: str, found: OrderStatus, now: float) -> None:
+        """A given-up order the exchange now shows over: a fill of it is checked like any other."""
+        side, given_up_at = self.given_up.pop(cl_ord_id)
+        self.over(OurOrder(cl_ord_id, side, Decimal(0), given_up_at), found, now)
+
+    def note_fill_status(self, cl_ord_id: str, found: OrderStatus) -> bool:
+        """The final status of an order that may have filled; True if it says nothing filled,
+        which clears its side at once."""
+        check = self.fill_checks.get(cl_ord_id)
+        if check is None or not found.over:
+            return False
+        check.note(found)
+        if check.filled is False:
+            del self.fill_checks[cl_ord_id]
+            return True
+        return False
+
+    def note_strays(self, visible: Mapping[str, Any], now: float) -> None:
+        """The list's orders of ours that we do not track. A stray that vanishes may have
+        filled like any other; a given-up order that shows up is a stray from then on."""
+        tracked = {o.cl_ord_id for o in self.tracked}
+        strays = {cid: str(row.get("side")) for cid, row in visible.items() if cid not in tracked}
+        for cid, side in self.strays.items():
+            if cid not in strays:
+                self.fill_checks[cid] = FillCheck(cid, side, now, now)
+        self.strays = strays
+        self.given_up = {cid: (side, t) for cid, (side, t) in self.given_up.items()
+                         if cid not in visible and now - t < GIVEN_UP_FORGET_S}
+        self.stray_cancels = {cid: t for cid, t in self.stray_cancels.items() if cid in visible}
+
+    def cancels_due(self, cl_ord_ids: list[str], now: float) -> list[str]:
+        """The ids whose cancel was not sent within CANCEL_RETRY_S, stamped as sent now."""
+        due = [cid for cid in cl_ord_ids if now - self.stray_cancels.get(cid, float("-inf")) >= CANCEL_RETRY_S]
+        for cid in due:
+            self.stray_cancels[cid] = now
+        return due
+
+    def _may_have_filled(self, order: OurOrder, now: float) -> None:
+        self.fill_checks[order.cl_ord_id] = FillCheck(
+            order.cl_ord_id, order.side, order.sent_at, now,
+            fill_qty_seen=order.fill_qty_seen, seen_fill_time=order.fill_time)
+
+
 @dataclass
 class DayTotals:
     """What the day's round trips cost or made (UTC day): fills of our quotes, fees paid on
@@ -741,15 +886,7 @@ class MarketMaker:
         self.balance: Decimal | None = None
         self.market: Market | None = None
         self.position = Decimal(0)
-        self.orders: list[OurOrder] = []
-        # Orders of ours the exchange shows that we do not track (an earlier run's, or one we
-        # gave up on): side by cl_ord_id. They count towards a side's cap until gone.
-        self.strays: dict[str, str] = {}
-        self.stray_cancels: dict[str, float] = {}
-        self.fill_checks: dict[str, FillCheck] = {}
-        # Orders no longer waited for (never seen): cl_ord_id -> (side, when). A stop still
-        # cancels them and is not clean while one may yet appear.
-        self.given_up: dict[str, tuple[str, float]] = {}
+        self.our = OurOrders()
         # The latest send time of a position read that showed a position grown by each side.
         self.position_grown_at = {BUY: float("-inf"), SELL: float("-inf")}
         self.position_updated_at: float | None = None
@@ -814,8 +951,8 @@ class MarketMaker:
         self._check_margin(leftovers)
         if leftovers:
             log.info("cancelling %d order(s) of ours left by an earlier run", len(leftovers))
-            self.strays = {o["cl_ord_id"]: str(o.get("side")) for o in leftovers}
-            self._cancel_ids(list(self.strays))
+            self.our.strays = {o["cl_ord_id"]: str(o.get("side")) for o in leftovers}
+            self._cancel_ids(list(self.our.strays))
         self._set_mode(self._read_balance_or_raise(), initial=True)
 
     def _check_margin(self, leftovers: list[dict[str, Any]]) -> None:
@@ -968,7 +1105,7 @@ class MarketMaker:
         if self.orders_await_confirmation() or self.audit_due():
             reads["orders"] = self._read_open_orders
         if regular:
-            for cl_ord_id, check in self.fill_checks.items():
+            for cl_ord_id, check in self.our.fill_checks.items():
                 if check.filled is None:
                     reads[f"fill:{cl_ord_id}"] = partial(self._look_up, cl_ord_id)
             if self.regular_loops % BALANCE_CHECK_EVERY_LOOPS == 0:
@@ -994,8 +1131,8 @@ class MarketMaker:
         position = self.position
         if position != 0:
             self.close_position(position)
-            self._cancel_orders([o for o in self.orders
-                                 if not o.cancelling and self.side_blocked_by_position(o.side)])
+            self._cancel_orders([o for side in SIDES if self.side_blocked_by_position(side)
+                                 for o in self.our.active(side)])
         if "orders" in got:
             if got["orders"] is None:
                 return False
@@ -1015,13 +1152,7 @@ class MarketMaker:
             return False
         mark = self.market.mark
         return all(any(0 <= distance_bps(side, o.price, mark) <= REWARD_BAND_BPS
-                       for o in self._resting(side)) for side in SIDES)
-
-    def _resting(self, side: str) -> list[OurOrder]:
-        """Our orders on this side last seen resting (a cancelled one until seen gone), newest
-        first."""
-        return sorted((o for o in self.orders if o.side == side and o.seen),
-                      key=lambda o: o.sent_at, reverse=True)
+                       for o in self.our.resting(side)) for side in SIDES)
 
     def audit_due(self) -> bool:
         """Time to check the exchange's list for what local state cannot see (strays, orders
@@ -1032,15 +1163,13 @@ class MarketMaker:
     def orders_await_confirmation(self) -> bool:
         """An order of ours was sent but not yet seen, or cancelled but not yet gone (with the
         streams vouching for our orders: for STREAM_CONFIRM_S, the time their event takes)."""
-        now = self.clock.monotonic()
         grace_s = STREAM_CONFIRM_S if self.streams_vouch_for_orders() else 0.0
-        return any(now - (o.cancel_sent_at if o.cancelling else o.sent_at) >= grace_s
-                   for o in self.orders if not o.seen or o.cancelling) or bool(self.strays)
+        return self.our.awaiting_confirmation(self.clock.monotonic(), grace_s)
 
     def position_read_due(self) -> bool:
         """The position is read every loop without the streams; with them, every
         STREAM_POSITION_EVERY_S, and whenever a fill check or an open position depends on it."""
-        if not self.streams_vouch_for_orders() or self.fill_checks or self.position != 0:
+        if not self.streams_vouch_for_orders() or self.our.fill_checks or self.position != 0:
             return True
         return self.clock.monotonic() - self.position_read_at >= STREAM_POSITION_EVERY_S
 
@@ -1081,31 +1210,25 @@ class MarketMaker:
         """Our orders' changes from the stream, oldest first: visible, partly filled, or over
         (then handled as a lookup that found it over would be). Rows of orders we no longer
         track are the audit's business."""
-        tracked = {o.cl_ord_id: o for o in self.orders}
         for row in rows:
-            order = tracked.get(str(row.get("cl_ord_id") or ""))
-            if order is None or order not in self.orders:
-                continue
+            order = self.our.find(str(row.get("cl_ord_id") or ""))
             found = order_status(row)
-            if found.status is None:
+            if order is None or found.status is None:
                 continue
             if not found.over:
                 self._note_resting(order)
-                self._note_partial_fill(order, row)
+                self.our.note_partial_fill(order, row)
                 continue
-            self.orders.remove(order)
             self._log_over(order, found)
             self._settle_final(order, found)
 
     def _apply_outcomes(self, outcomes: list[dict[str, Any]]) -> None:
         """The order response stream's pushes: a rejection in matching of an order of ours not
         yet visible is final at once (the side quotes again in this very pass, if it may)."""
-        waiting = {o.request_id: o for o in self.orders if o.request_id and not o.seen}
         for outcome in outcomes:
-            order = waiting.get(str(outcome.get("request_id") or ""))
-            if order is None or outcome.get("code") in (0, "0", None) or order not in self.orders:
+            order = self.our.awaiting_outcome(str(outcome.get("request_id") or ""))
+            if order is None or outcome.get("code") in (0, "0", None):
                 continue
-            self.orders.remove(order)
             found = OrderStatus("rejected", Decimal(0), None, str(outcome.get("message") or ""))
             self._log_over(order, found)
             self._settle_final(order, found)
@@ -1150,8 +1273,7 @@ class MarketMaker:
             self.alerter.send("mode", f"balance {balance}: mode {mode}")
         if mode != self.mode:
             # Every quote was priced for the old band: both sides are requoted at once.
-            for order in self.orders:
-                order.stale = True
+            self.our.mark_stale()
         self.mode, self.band = mode, band_for_mode(mode, self.config.band)
 
     def _note_position(self, position: Decimal, sent_at: float) -> None:
@@ -1198,13 +1320,8 @@ class MarketMaker:
     def _note_fill_status(self, cl_ord_id: str, found: OrderStatus) -> None:
         """The looked-up status of an order that may have filled: final with nothing filled
         clears its side at once; any fill must show in the position first."""
-        check = self.fill_checks.get(cl_ord_id)
-        if check is None or not found.over:
-            return
-        check.note(found)
-        if check.filled is False:
+        if self.our.note_fill_status(cl_ord_id, found):
             log.debug("order %s was %s without a fill", cl_ord_id, found.status)
-            del self.fill_checks[cl_ord_id]
 
     def _settle_fill_checks(self, position_sent_at: float) -> None:
         """A side whose order may have filled waits for a position read sent after the order
@@ -1214,7 +1331,7 @@ class MarketMaker:
         the order was sent; or, the status unknown, nothing showed for FILL_CHECK_MAX_S. A fill
         the position never shows is given up on after FILL_SHOWS_MAX_S, with an alert."""
         now = self.clock.monotonic()
-        for cl_ord_id, check in list(self.fill_checks.items()):
+        for cl_ord_id, check in list(self.our.fill_checks.items()):
             if position_sent_at <= check.since or self.side_blocked_by_position(check.side):
                 continue
             fill_showed = (self.position_grown_at[check.side] >= check.sent_at
@@ -1228,22 +1345,7 @@ class MarketMaker:
             elif not (check.filled is False or fill_showed
                       or check.filled is None and waited_s >= FILL_CHECK_MAX_S):
                 continue
-            del self.fill_checks[cl_ord_id]
-
-    def _may_have_filled(self, order: OurOrder) -> None:
-        """An order gone without its status yet: its side waits for a fill check."""
-        self.fill_checks[order.cl_ord_id] = FillCheck(
-            order.cl_ord_id, order.side, order.sent_at, self.clock.monotonic(),
-            fill_qty_seen=order.fill_qty_seen, seen_fill_time=order.fill_time)
-
-    def _check_for_fill(self, order: OurOrder, found: OrderStatus) -> None:
-        """An order the exchange shows over: one that filled, even in part, starts a fill
-        check that waits for the position to show it."""
-        if found.filled:
-            self._may_have_filled(order)
-            self.fill_checks[order.cl_ord_id].note(found)
-        elif found.fill_qty is None:
-            self._may_have_filled(order)  # over, but how much filled is not said: check it
+            del self.our.fill_checks[cl_ord_id]
 
     # -- reads (None = unknown) --
 
@@ -1321,13 +1423,13 @@ class MarketMaker:
         never seen stays tracked, however late it shows up, and is looked up."""
         now = self.last_audit_at = self.clock.monotonic()
         visible = {o["cl_ord_id"]: o for o in open_orders if is_our_order(o)}
-        self.orders = self._still_open(visible, now, give_up=True)
-        for order in self.orders:
+        self._follow_up(visible, now, give_up=True)
+        for order in self.our.tracked:
             if order.cancelling and now - order.cancel_sent_at >= CANCEL_RETRY_S:
                 self._cancel_orders([order])
-        self._note_strays(visible, now)
-        if self._cancel_ids(list(self.strays)):
-            log.info("cancelled stray order(s) of ours: %s", ", ".join(self.strays))
+        self.our.note_strays(visible, now)
+        if self._cancel_ids(list(self.our.strays)):
+            log.info("cancelled stray order(s) of ours: %s", ", ".join(self.our.strays))
 
     def _note_resting(self, order: OurOrder) -> None:
         """The exchange shows the order resting, in the list or by its own lookup. A first sight
@@ -1337,69 +1439,43 @@ class MarketMaker:
             self.refused_since = None
         order.seen = True
 
-    def _still_open(self, visible: Mapping[str, Any], now: float, give_up: bool) -> list[OurOrder]:
-        """Our tracked orders not confirmed gone. One seen before and absent now is gone, and
-        may have filled (a fill check holds its side); one never seen is looked up."""
-        kept: list[OurOrder] = []
-        for order in self.orders:
+    def _follow_up(self, visible: Mapping[str, Any], now: float, give_up: bool) -> None:
+        """Each tracked order against the list: shown, it rests; seen before and absent now, it
+        is gone and may have filled (a fill check holds its side); never seen, it is looked up."""
+        for order in list(self.our.tracked):
             if order.cl_ord_id in visible:
                 self._note_resting(order)
-                kept.append(order)
-                self._note_partial_fill(order, visible[order.cl_ord_id])
+                self.our.note_partial_fill(order, visible[order.cl_ord_id])
             elif order.seen:
                 log.info("%s order %s at %s is gone (%s)", order.side, order.cl_ord_id, order.price,
                          "cancelled, unless it filled first" if order.cancelling else "filled or cancelled")
-                self._may_have_filled(order)
-            elif self._unseen_order_still_pending(order, now, give_up):
-                kept.append(order)
-        return kept
+                self.our.vanished(order, now)
+            else:
+                self._follow_up_unseen(order, now, give_up)
 
-    @staticmethod
-    def _note_partial_fill(order: OurOrder, row: Mapping[str, Any]) -> None:
-        """A resting order that shows more of it filled: how much, and when (the row's update
-        time), so that a later fill check knows when that fill happened."""
-        filled = positive_decimal(row.get("fill_qty"))
-        if filled is not None and filled > order.fill_qty_seen:
-            order.fill_qty_seen, order.fill_time = filled, exchange_time(row.get("updated_at"))
-
-    def _note_strays(self, visible: Mapping[str, Any], now: float) -> None:
-        """Orders of ours the exchange shows that we do not track. One that vanishes may have
-        filled like any other; a given-up order that shows up is a stray from then on."""
-        tracked = {o.cl_ord_id for o in self.orders}
-        strays = {cid: str(row.get("side")) for cid, row in visible.items() if cid not in tracked}
-        for cid, side in self.strays.items():
-            if cid not in strays:
-                self.fill_checks[cid] = FillCheck(cid, side, now, now)
-        self.strays = strays
-        self.given_up = {cid: (side, t) for cid, (side, t) in self.given_up.items()
-                         if cid not in visible and now - t < GIVEN_UP_FORGET_S}
-        self.stray_cancels = {cid: t for cid, t in self.stray_cancels.items() if cid in visible}
-
-    def _unseen_order_still_pending(self, order: OurOrder, now: float, give_up: bool = True) -> bool:
+    def _follow_up_unseen(self, order: OurOrder, now: float, give_up: bool = True) -> None:
         """An order not yet visible: looked up after LOOKUP_AFTER_S, so that a rejection in
-        matching is known at once. True while it may still appear: an accepted one until the
+        matching is known at once. Tracked while it may still appear: an accepted one until the
         exchange says what became of it; one whose request got no clear answer until
         UNSEEN_GIVE_UP_S, or without `give_up` (a stop must not call itself clean over an order
         it cannot rule out) until the exchange says."""
         if now - order.sent_at < LOOKUP_AFTER_S:
-            return True
+            return
         found = self._look_up(order.cl_ord_id)
         if found.status is None:
             # An accepted order exists: it shows up or is rejected, however long it takes.
             if not order.outcome_unknown or now - order.sent_at < UNSEEN_GIVE_UP_S or not give_up:
-                return True
+                return
             # The exchange has not heard of it for this long: the request never arrived. Should
             # it still appear, it is ours by its prefix, so the audit cancels it as a stray.
             log.warning("%s order %s at %s never became visible in %.0f s: no longer waiting for it",
                         order.side, order.cl_ord_id, order.price, UNSEEN_GIVE_UP_S)
-            self.given_up[order.cl_ord_id] = (order.side, now)
-            return False
-        if not found.over:
+            self.our.give_up(order, now)
+        elif not found.over:
             self._note_resting(order)  # live after all: it shows in the next list
-            return True
-        self._log_over(order, found)
-        self._settle_final(order, found)
-        return False
+        else:
+            self._log_over(order, found)
+            self._settle_final(order, found)
 
     @staticmethod
     def _log_over(order: OurOrder, found: OrderStatus) -> None:
@@ -1408,7 +1484,7 @@ class MarketMaker:
                      order.price, found.status, f" ({found.remark})" if found.remark else "")
 
     def _settle_final(self, order: OurOrder, found: OrderStatus) -> None:
-        """An order of ours the exchange shows over, no longer tracked: a lasting rejection
+        """An order of ours the exchange shows over: no longer tracked; a lasting rejection
         backs its side off, a fill (or an unknown amount filled) starts a fill check."""
         if found.status == "rejected":
             # Rejected in matching for a reason the exchange names that may last (margin): the
@@ -1417,28 +1493,21 @@ class MarketMaker:
             rejection = StandXError(found.remark, 400)
             if found.remark and is_lasting_refusal(rejection):
                 self._note_rejection(order.side, rejection)
-        self._check_for_fill(order, found)
+        self.our.over(order, found, self.clock.monotonic())
 
-    def _active(self, side: str) -> list[OurOrder]:
-        return [o for o in self.orders if o.side == side and not o.cancelling]
-
-    def orders_on_side(self, side: str) -> int:
-        """Our orders on a side not yet confirmed gone: tracked ones in any state, and strays."""
-        return (sum(o.side == side for o in self.orders)
-                + sum(stray_side == side for stray_side in self.strays.values()))
 
     def side_may_quote(self, side: str) -> bool:
         """Not stopping, not the side that grows a position, no order there that may have
         filled without the position settling it yet, and not backing off after refusals."""
         return (not self.stop_requested and not self.side_blocked_by_position(side)
-                and not any(c.side == side for c in self.fill_checks.values())
+                and not self.our.fill_check_holds(side)
                 and self.clock.monotonic() >= self.refusals.get(side, (0, float("-inf")))[1])
 
     def side_may_get_new_order(self, side: str) -> bool:
         """The one rule for sending a quote, whatever has failed before: the side may quote,
         and no order of ours there could still fill (resting, on its way, being cancelled, or
         a stray): two such orders could fill together and double the position."""
-        return self.side_may_quote(side) and self.orders_on_side(side) == 0
+        return self.side_may_quote(side) and self.our.on_side(side) == 0
 
     def side_needs_requote(self, side: str, market: Market) -> bool:
         """A side needs a new quote when it has none, or its resting one left the band of the
@@ -1447,7 +1516,7 @@ class MarketMaker:
 
         An order still in flight counts as present: at most one order in flight per side.
         """
-        active = self._active(side)
+        active = self.our.active(side)
         if not active:
             return True
         if any(not o.seen for o in active):
@@ -1464,7 +1533,7 @@ class MarketMaker:
         target_out = not in_band(side, target, market.mark, self.band)
         return any(o.seen and not o.stale and (o.price == target or (
             target_out and not near_the_book(side, o.price, market, self.band.min_bps * BOOK_REQUOTE_SHARE)))
-            for o in self._active(side))
+            for o in self.our.active(side))
 
     def side_blocked_by_position(self, side: str) -> bool:
         """While a position is open, never add to it: the side that would grow it waits."""
@@ -1495,7 +1564,7 @@ class MarketMaker:
         slow, or it filled just before the cancel) never rests beside its replacement, so the
         position can never grow past one quote. The old order rests until the cancel takes
         effect, so the side stays covered for most of the requote."""
-        old = [o for side in sides for o in self._active(side)]
+        old = [o for side in sides for o in self.our.active(side)]
         if old:
             self.requotes += 1
             if not self._cancel_orders(old):
@@ -1516,8 +1585,7 @@ class MarketMaker:
             for order, found in zip(list(pending), answers):
                 if found.over:
                     pending.remove(order)
-                    self.orders.remove(order)
-                    self._check_for_fill(order, found)
+                    self.our.over(order, found, self.clock.monotonic())
             if not pending or self.clock.monotonic() >= ends_at:
                 return
             self.clock.sleep(CANCEL_POLL_S)
@@ -1526,7 +1594,7 @@ class MarketMaker:
         """The original strategy: cancel everything, wait, place both sides afresh (priced from
         a fresh read: the market and the position may have moved during the pause). As with
         replace, a side gets its new quote only once its old one is seen over."""
-        old = [o for o in self.orders if not o.cancelling]
+        old = [o for side in SIDES for o in self.our.active(side)]
         self._cancel_orders(old)
         self.requotes += 1
         sleep_until(self.clock, self.clock.monotonic() + CANCEL_FIRST_PAUSE_S, lambda: self.stop_requested)
@@ -1560,7 +1628,7 @@ class MarketMaker:
         for side, price in quotes:
             if self.side_may_get_new_order(side):
                 orders.append(OurOrder(self.new_cl_ord_id(side), side, price, self.clock.monotonic()))
-                self.orders.append(orders[-1])
+                self.our.track(orders[-1])
             else:
                 log.debug("no new %s quote: the side is stopping, blocked or at its cap", side)
         self.orders_placed += len(orders)
@@ -1577,7 +1645,7 @@ class MarketMaker:
                 log.warning("%s order %s outcome unknown (%s): not re-sending, looking for it",
                             order.side, order.cl_ord_id, error)
             elif error is not None:
-                self.orders.remove(order)
+                self.our.drop(order)
                 if is_lasting_refusal(error):
                     self._back_off_refused(order.side, error)
                 else:
@@ -1608,7 +1676,7 @@ class MarketMaker:
         self.last_refusal = error.message
         log.warning("%s quote refused by the exchange (%s): next %s quote in %.0f s",
                     side, error.message, side, pause_s)
-        if any(o.seen and not o.cancelling for o in self.orders):
+        if self.our.quote_resting():
             self.refused_since = None  # a quote of ours rests: not every quote is refused
             return
         self.refused_since = now if self.refused_since is None else self.refused_since
@@ -1664,13 +1732,9 @@ class MarketMaker:
 
     def _cancel_ids(self, cl_ord_ids: list[str]) -> bool:
         """One batch cancel of the ids not already asked for within CANCEL_RETRY_S; True if sent."""
-        now = self.clock.monotonic()
-        due = [cid for cid in cl_ord_ids
-               if now - self.stray_cancels.get(cid, float("-inf")) >= CANCEL_RETRY_S]
+        due = self.our.cancels_due(cl_ord_ids, self.clock.monotonic())
         if not due:
             return False
-        for cid in due:
-            self.stray_cancels[cid] = now
         self._send_cancel(due)
         return True
 
@@ -1697,9 +1761,9 @@ class MarketMaker:
         self.request_stop()
         # The stop gets its own budget, whatever the interrupted loop used of the grace period.
         deadline = self.auth.deadline = self.stop_requested_at + STOP_DEADLINE_S
-        for order in self.orders:
+        for order in self.our.tracked:
             order.cancel_sent_at = order.cancel_sent_at or self.clock.monotonic()
-        self._cancel_ids([o.cl_ord_id for o in self.orders] + list(self.given_up))
+        self._cancel_ids([o.cl_ord_id for o in self.our.tracked] + list(self.our.given_up))
         clean = False
         while self.clock.monotonic() < deadline:
             self.clock.sleep(STOP_POLL_S)
@@ -1709,10 +1773,10 @@ class MarketMaker:
                 log.warning("open orders read failed while stopping (%s)", exc)
                 continue
             now = self.clock.monotonic()
-            self.orders = self._still_open(visible, now, give_up=False)
-            self._note_strays(visible, now)
+            self._follow_up(visible, now, give_up=False)
+            self.our.note_strays(visible, now)
             self._resolve_given_up()
-            if not visible and not self.orders and not self.given_up:
+            if not visible and not self.our.tracked and not self.our.given_up:
                 clean = True
                 break
             self._cancel_ids(list(visible))
@@ -1733,11 +1797,10 @@ class MarketMaker:
     def _resolve_given_up(self) -> None:
         """While stopping: a given-up order the exchange now shows over is settled (a fill of
         it is checked like any other); one it still does not know keeps the stop unconfirmed."""
-        for cid, (side, given_up_at) in list(self.given_up.items()):
+        for cid in list(self.our.given_up):
             found = self._look_up(cid)
             if found.over:
-                del self.given_up[cid]
-                self._check_for_fill(OurOrder(cid, side, Decimal(0), given_up_at), found)
+                self.our.settle_given_up(cid, found, self.clock.monotonic())
 
     def _flatten_before_exit(self, deadline: float) -> bool:
         """Close any position left (a fill can land while cancels are in flight) and confirm it
@@ -1745,7 +1808,7 @@ class MarketMaker:
         answer that lags a fill must not pass for flat."""
         while self.clock.monotonic() < deadline:
             sent_at = self.clock.monotonic()
-            unsettled = [cid for cid, check in self.fill_checks.items() if check.filled is None]
+            unsettled = [cid for cid, check in self.our.fill_checks.items() if check.filled is None]
             found = self.clock.gather([self._read_position] + [partial(self._look_up, cid) for cid in unsettled])
             for cid, status in zip(unsettled, found[1:]):
                 self._note_fill_status(cid, status)
@@ -1754,7 +1817,7 @@ class MarketMaker:
                 self._note_position(position, sent_at)
                 if position != 0:
                     self.close_position(position)
-                elif not self.fill_checks:
+                elif not self.our.fill_checks:
                     return True
             self.clock.sleep(STOP_POLL_S)
         return False
@@ -1787,7 +1850,7 @@ class MarketMaker:
         mark = self.market.mark if self.market else None
         sides = []
         for side in SIDES:
-            live = self._resting(side)
+            live = self.our.resting(side)
             sides.append(f"{side} {distance_bps(side, live[0].price, mark):.2f}bps"
                          if live and mark else f"{side} -")
         elapsed = max(self.clock.monotonic() - self.started_at, 1e-9)

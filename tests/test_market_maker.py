@@ -361,7 +361,7 @@ def test_side_with_no_order_needs_a_quote(maker):
 ])
 def test_a_resting_quote_is_replaced_once_the_book_comes_within_half_the_minimum(maker, sell_price, needs):
     """The mark (100) trails a book that rose to 100.03 / 100.05 (mid 100.04)."""
-    maker.orders = [mm.OurOrder("sxmmsq1", "sell", Decimal(sell_price), 0.0, seen=True)]
+    maker.our.tracked = [mm.OurOrder("sxmmsq1", "sell", Decimal(sell_price), 0.0, seen=True)]
     market = mm.Market(Decimal("100"), Decimal("100.03"), Decimal("100.05"), 0.0)
     assert maker.side_needs_requote("sell", market) is needs
 
@@ -372,7 +372,7 @@ def test_a_quote_the_book_keeps_out_of_the_band_is_not_replaced_by_itself(maker)
     market = mm.Market(Decimal("100"), Decimal("100.11"), Decimal("100.13"), maker.clock.monotonic())
     price = maker._price_for("sell", market)
     assert price == Decimal("100.191")  # 7 bps over the mid 100.12
-    maker.orders = [mm.OurOrder("sxmmsq2", "sell", price, 0.0, seen=True)]
+    maker.our.tracked = [mm.OurOrder("sxmmsq2", "sell", price, 0.0, seen=True)]
     assert maker.side_needs_requote("sell", market) and maker._already_at_target("sell", market)
 
 
@@ -500,7 +500,7 @@ def test_order_with_unknown_outcome_is_not_resent_and_is_found_by_client_id(make
     exchange.add_open(sent[0], "buy", "99.925")  # the exchange did accept the buy
     step(maker)
     assert len(placed(exchange)) == 2  # nothing re-sent while both are in flight
-    assert [o for o in maker.orders if o.cl_ord_id == sent[0]][0].seen
+    assert [o for o in maker.our.tracked if o.cl_ord_id == sent[0]][0].seen
 
 
 def test_refused_order_is_replaced_on_the_next_loop_not_retried_at_once(maker, exchange):
@@ -540,11 +540,11 @@ def test_mid_price_is_used_when_mark_is_missing(maker, exchange):
 def test_failed_order_refresh_keeps_last_known_orders(maker, exchange):
     maker.run_once()
     step(maker)
-    before = [(o.cl_ord_id, o.seen) for o in maker.orders]
+    before = [(o.cl_ord_id, o.seen) for o in maker.our.tracked]
     exchange.fail("query_open_orders")
     exchange.prices["mark_price"] = "101"
     step(maker, mm.AUDIT_EVERY_S)
-    assert [(o.cl_ord_id, o.seen) for o in maker.orders] == before
+    assert [(o.cl_ord_id, o.seen) for o in maker.our.tracked] == before
     assert len(placed(exchange)) == 2
 
 
@@ -677,7 +677,7 @@ def test_shutdown_reports_failure_when_cancels_cannot_be_confirmed(maker, exchan
 
 def test_shutdown_is_not_clean_while_an_accepted_order_may_still_appear(maker, exchange):
     maker.run_once()  # both quotes sent, neither seen yet
-    ids = [o.cl_ord_id for o in maker.orders]
+    ids = [o.cl_ord_id for o in maker.our.tracked]
     exchange.open.clear()  # cancelled before ever becoming visible...
     exchange.final[ids[0]] = "canceled"  # ...and the exchange knows about only one of them
     assert maker.shutdown() is False
@@ -702,7 +702,7 @@ def test_shutdown_cancels_an_order_that_becomes_visible_late_before_saying_clean
 
 def test_shutdown_is_quick_when_every_unseen_order_is_known_to_be_final(maker, exchange):
     maker.run_once()
-    exchange.final = {o.cl_ord_id: "canceled" for o in maker.orders}
+    exchange.final = {o.cl_ord_id: "canceled" for o in maker.our.tracked}
     exchange.open.clear()
     started = maker.clock.now()
     assert maker.shutdown() is True
@@ -816,7 +816,7 @@ def test_unknown_outcome_gets_its_full_visibility_time_after_a_long_timeout(make
     monkeypatch.setattr(exchange, "new_limit_order", send)
     exchange.open.clear()  # not visible yet at the next read
     step(maker)
-    assert len(maker.orders) == 2  # still looked for, not dropped as lost
+    assert len(maker.our.tracked) == 2  # still looked for, not dropped as lost
     assert len(placed(exchange)) == 2  # the first two only: no second order on either side
 
 
@@ -932,8 +932,8 @@ def test_refusals_end_when_a_quote_is_found_resting_by_its_lookup(maker, exchang
     monkeypatch.setattr(exchange, "query_open_orders",
                         lambda auth, symbol=None, limit=None: {"page_size": 0, "result": [], "total": 0})
     step(maker, 30)  # both quotes go out; the list does not show them yet
-    while not all(o.seen for o in maker.orders):
+    while not all(o.seen for o in maker.our.tracked):
         step(maker)  # after a second, their lookups find them resting
     monkeypatch.setattr(exchange, "query_open_orders", listed)
     step(maker)
-    assert len(maker.orders) == 2 and maker.refusals == {} and maker.refused_since is None
+    assert len(maker.our.tracked) == 2 and maker.refusals == {} and maker.refused_since is None

@@ -233,13 +233,13 @@ def test_a_streamed_flat_position_does_not_unblock_a_side_before_rest_confirms(m
 
 def test_an_alo_rejection_pushed_on_the_order_stream_is_placed_again_at_once(maker, exchange, streams):
     maker.run_once()
-    buy = next(o for o in maker.orders if o.side == "buy")
+    buy = next(o for o in maker.our.tracked if o.side == "buy")
     assert buy.request_id
     exchange.open = [o for o in exchange.open if o["cl_ord_id"] != buy.cl_ord_id]  # rejected in matching
     streams.state.handle_api_frame(json.dumps({"code": 400, "message": "alo order rejected",
                                                "request_id": buy.request_id}))
     woken(maker)
-    assert buy not in maker.orders
+    assert buy not in maker.our.tracked
     again = placed(exchange)[-1]
     assert again["side"] == "buy" and again["cl_ord_id"] != buy.cl_ord_id
     assert "query_order" not in exchange.names()  # no lookup needed: the stream said it
@@ -257,7 +257,7 @@ def test_quotes_carry_the_order_stream_session_only_while_it_is_ready(maker, exc
     maker.run_once()
     assert seen == ["session-1", "session-1"]
     streams.ready = False
-    for order in list(maker.orders):
+    for order in list(maker.our.tracked):
         exchange.open = [o for o in exchange.open if o["cl_ord_id"] != order.cl_ord_id]
         streams.frame("order", {"cl_ord_id": order.cl_ord_id, "status": "canceled", "fill_qty": "0",
                                 "symbol": "BTC-USD", "updated_at": ISO_BASE.format(2)}, symbol=None)
@@ -281,7 +281,7 @@ def test_an_order_filled_on_the_stream_waits_for_the_position(maker, exchange, s
                             "updated_at": ISO_BASE.format(3)}, symbol=None)
     woken(maker)
     assert [c["side"] for c in placed(exchange)] == ["buy", "sell"]  # no new sell yet
-    assert "sxmm" in next(iter(maker.fill_checks))
+    assert "sxmm" in next(iter(maker.our.fill_checks))
 
 
 def test_a_reconnect_lists_our_orders_and_reads_the_position_at_once(maker, exchange, streams):

@@ -27,6 +27,12 @@ SCRIPT_TIMEOUT_S = 40  # stop.sh may wait 20 s before SIGKILL; a real stop takes
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+def log_text(path: Path) -> str:
+    """A daemon's log so far; empty until the daemon has created it (run.sh rotates the old one
+    away before the new process starts)."""
+    return path.read_text() if path.exists() else ""
+
+
 def make_project(root: Path, venv: bool = True, files=PROJECT_FILES) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in files:
@@ -231,7 +237,7 @@ def test_stop_sh_escalates_to_sigkill_after_the_deadline(tmp_path):
         assert result.returncode == 0, output(result)
         assert "Log: tail -f logs/market_maker.log  Stop: ./stop.sh\n" in result.stdout
         pid = read_pid(root, "market_maker")
-        assert wait_until(lambda: "ignoring SIGTERM" in (root / "logs" / "market_maker.log").read_text(), 5)
+        assert wait_until(lambda: "ignoring SIGTERM" in log_text(root / "logs" / "market_maker.log"), 5)
         started = time.monotonic()
         result = script(root, "stop.sh", STOP_TIMEOUT_S="2")
         assert result.returncode == 0, output(result)
@@ -264,7 +270,7 @@ def test_start_refuse_side_by_side_crash_restart_rotate_and_stop(project, sim_se
                 in result.stdout)
 
         # the daemon writes its own log and quotes
-        assert wait_until(lambda: "logged in" in (logs / "alice.log").read_text(), 15)
+        assert wait_until(lambda: "logged in" in log_text(logs / "alice.log"), 15)
         assert wait_until(lambda: len(open_orders(sim_server, alice)) == 2, 15)
 
         # a second start of the same name is refused, naming the PID
@@ -278,7 +284,7 @@ def test_start_refuse_side_by_side_crash_restart_rotate_and_stop(project, sim_se
         assert result.returncode == 0, output(result)
         pid_b = read_pid(project, "bob")
         assert wait_until(lambda: len(open_orders(sim_server, bob)) == 2, 15)
-        assert wait_until(lambda: "logged in" in (logs / "bob.log").read_text(), 5)
+        assert wait_until(lambda: "logged in" in log_text(logs / "bob.log"), 5)
         log_a, log_b = (logs / "alice.log").read_text(), (logs / "bob.log").read_text()
         assert alice in log_a.lower() and bob not in log_a.lower()
         assert bob in log_b.lower() and alice not in log_b.lower()
@@ -293,7 +299,7 @@ def test_start_refuse_side_by_side_crash_restart_rotate_and_stop(project, sim_se
         assert new_pid_b != pid_b and alive(new_pid_b)
         rotated = [p for p in logs.iterdir() if re.fullmatch(r"bob_\d{8}_\d{6}\.log", p.name)]
         assert len(rotated) == 1 and "logged in" in rotated[0].read_text()
-        assert wait_until(lambda: "logged in" in (logs / "bob.log").read_text(), 15)
+        assert wait_until(lambda: "logged in" in log_text(logs / "bob.log"), 15)
         assert wait_until(lambda: len(open_orders(sim_server, bob)) == 2, 15)
 
         # clean stops: orders cancelled, PID files removed; the other daemon is not touched

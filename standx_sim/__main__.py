@@ -1,6 +1,7 @@
 """Command line: ``python -m standx_sim serve ...`` runs the simulator over HTTP on 127.0.0.1, with
 StandX's rate limits per account and per client IP unless ``--no-rate-limits``;
-``python -m standx_sim backtest ...`` runs the daemon on synthetic or recorded hours in virtual time.
+``python -m standx_sim backtest ...`` runs the daemon on synthetic or recorded hours in virtual time;
+``python -m standx_sim record ...`` records StandX's public market stream into the recorded-data format.
 
 This entry point is the one place in standx_sim that knows the daemon: the backtest command
 composes market_maker's daemon with the replay in backtest.py (serve never loads the daemon's
@@ -13,11 +14,13 @@ import os
 import signal
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
 
 from market_maker import number_argument
+from . import record
 from .clock import WallClock
 
 from .exchange import SymbolSpec
@@ -103,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="seed of the first synthetic hour; the next ones take the following seeds (default 0)")
     backtest.add_argument("--latency-ms", type=number_argument(float), default=150.0,
                           help="round-trip latency of every request, on the virtual clock (default 150)")
+    backtest.add_argument("--price-feed", choices=("ws", "rest"), default=None,
+                          help="overrides MARKET_MAKER_PRICE_FEED: ws (default) listens to the streams, rest "
+                               "reads everything by REST")
+    backtest.add_argument("--feed-latency-ms", type=number_argument(float, inclusive=False), default=50.0,
+                          help="how long a stream message takes to reach the daemon, on the virtual clock "
+                               "(default 50)")
     backtest.add_argument("--mark", choices=MARK_MODELS, default="standx",
                           help="the simulator's mark price: standx (StandX's formula, lagging the book; the "
                                "default) or mid (the rounded mid at once: gentler than StandX)")
@@ -119,7 +128,55 @@ def build_parser() -> argparse.ArgumentParser:
                                "1 runs them in this process; the figures are the same")
     backtest.add_argument("--verbose", action="store_true", help="show the daemon's INFO log on stderr")
     backtest.set_defaults(run=backtest_command)
+    add_record_command(commands)
     return parser
+
+
+def add_record_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "record", help="record StandX's public market stream (best bid/ask, trades) into replayable files",
+        description="Subscribes to depth_book and public_trade of SYMBOL on the public market stream (no login) "
+                    "and writes PREFIX.bbo.csv.gz and PREFIX.trades.csv.gz, the format --market-data replays. "
+                    "Reconnects after a drop; stops after --minutes or on Ctrl-C/SIGTERM, the files complete.")
+    parser.add_argument("--symbol", required=True, help="the symbol to record, e.g. BTC-USD")
+    parser.add_argument("--minutes", type=number_argument(float, inclusive=False), required=True,
+                        help="how long to record")
+    parser.add_argument("--out", required=True, metavar="PREFIX", help="write PREFIX.bbo.csv.gz and PREFIX.trades.csv.gz")
+    parser.add_argument("--url", default=record.DEFAULT_URL, help=f"the market stream (default {record.DEFAULT_URL})")
+    parser.set_defaults(run=record_command)
+
+
+def record_command(args: argparse.Namespace) -> int:
+    """`python -m standx_sim record`: exit 0, 1 (no connection at the start, or no book recorded) or 2 (a bad
+    argument, or a symbol the stream refuses)."""
+    problem = record.argument_problem(args.url, args.symbol, args.out)
+    if problem:
+        print(f"standx_sim: {problem}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+    # Ctrl-C and SIGTERM only raise a flag: the recording ends between two frames, never inside a
+    # write, so the files stay whole. It runs on a thread of its own because a signal landing in
+    # the main thread while it waits in websockets' recv (a queue.SimpleQueue) can hang it for good
+    # before Python 3.13; waiting for a future is safe.
+    previous = {signum: signal.signal(signum, lambda *_: stopping.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            summary = pool.submit(record.record_for, args.url, args.symbol, args.minutes * 60, args.out,
+                                  stop=stopping.is_set, say=partial(print, flush=True)).result()
+    except record.RecordError as exc:
+        print(f"standx_sim: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # the files cannot be written (a full disk)
+        print(f"standx_sim: cannot write {args.out}.*: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print(record.summary_line(args.symbol, args.out, summary), flush=True)
+    if not summary.book_rows:
+        print(f"standx_sim: no book of {args.symbol} was received, so nothing was written", file=sys.stderr)
+        return 1
+    return 0
 
 
 def backtest_command(args: argparse.Namespace) -> int:
@@ -141,7 +198,8 @@ def backtest_command(args: argparse.Namespace) -> int:
         sources = [bt.SyntheticHour(preset.name, seed + k) for k in range(args.hours or 1)]
         market = preset.description()
     try:
-        config = mm.replay_config(os.environ, args.env_file, args.requote, bt.SIM_URL, bt.throwaway_private_key())
+        config = mm.replay_config(os.environ, args.env_file, args.requote, bt.SIM_URL, bt.throwaway_private_key(),
+                                  price_feed=args.price_feed)
         if config.symbol != SymbolSpec.symbol:
             raise mm.ConfigError("MARKET_MAKER_SYMBOL", f"the backtest's markets are {SymbolSpec.symbol} only "
                                                         f"(got {config.symbol})")
@@ -149,7 +207,7 @@ def backtest_command(args: argparse.Namespace) -> int:
             bt.check_prefix(prefix)
         daemon = partial(mm.daemon_on, config, run_id=bt.RUN_ID)
         hours = bt.run_hours(sources, daemon, config.qty, args.latency_ms, args.max_seconds, args.jobs,
-                             mark=args.mark)
+                             mark=args.mark, feed_latency_ms=args.feed_latency_ms)
     except mm.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -159,7 +217,8 @@ def backtest_command(args: argparse.Namespace) -> int:
     settings = {"market": market, "latency_ms": args.latency_ms, "requote": config.requote_mode, "qty": config.qty,
                 "band_bps": [config.band.target_bps, config.band.min_bps, config.band.max_bps],
                 "check_interval_s": config.check_interval_s, "time_in_force": config.time_in_force,
-                "max_seconds": args.max_seconds, "snapshots_per_hour": bt.SNAPSHOTS_PER_HOUR, "mark": args.mark}
+                "max_seconds": args.max_seconds, "snapshots_per_hour": bt.SNAPSHOTS_PER_HOUR, "mark": args.mark,
+                "price_feed": config.price_feed, "feed_latency_ms": args.feed_latency_ms}
     data = bt.report(hours, settings)
     print(f"market: {market}\n")
     print(bt.report_table(data))

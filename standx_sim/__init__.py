@@ -5,6 +5,8 @@ Parts:
     market.RecordedMarket    replay of PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz files.
     market.SyntheticMarket   seeded random walk with jumps (volatility 0 = a quiet, flat market).
     presets.PRESETS          calm and volatile synthetic markets, figures measured from recordings.
+    record                   `python -m standx_sim record`: StandX's public market stream written
+                             as replayable PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz files.
     symbols.SYMBOLS          the listed symbols (BTC-USD, ETH-USD, XAU-USD) and their rules
                              (SymbolSpec); a Simulator trades one of them (symbol=...).
     exchange.Exchange        the engine: orders, matching, positions, fees, uptime metering

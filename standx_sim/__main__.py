@@ -52,8 +52,13 @@ what it models, by default (docs/simulator.md has the details):
   - a queue at each price: the recorded size ahead of an order trades first; partial fills
   - BTC-USD, ETH-USD, XAU-USD (one per instance; rules can change during a run), gzip answers,
     injectable faults (POST /_sim/faults), flat memory over days
-not modelled: WebSocket streams, depth beyond the best level, our orders moving the book,
-funding payments, liquidation, TP/SL orders, several symbols at once
+  - StandX's WebSocket streams on the same port: ws://HOST:PORT/ws-stream/v1 (price, depth_book,
+    public_trade; after auth our order, position and balance) and /ws-api/v1 (outcomes of REST
+    orders sent with x-session-id); pings every 10 s, 10 sockets and 30 new connections a minute
+    per client address; drops, silences, paused prices and garbage frames as faults
+    (POST /_sim/streams/...)
+not modelled: depth beyond the best level, our orders moving the book, funding payments,
+liquidation, TP/SL orders, placing orders over the order response stream, several symbols at once
 """
 
 

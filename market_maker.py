@@ -1856,8 +1856,16 @@ class MarketMaker:
         elapsed = max(self.clock.monotonic() - self.started_at, 1e-9)
         return (f"status mode={self.mode} mark={mark} {' '.join(sides)} position={self.position} "
                 f"balance={self.balance} requotes={self.requotes} fills={self.fills} "
-                f"req/s={self.auth.requests_sent / elapsed:.2f} {reward_summary(self.uptime, self._hour_time())} "
-                f"{self.day.summary()}")
+                f"req/s={self.auth.requests_sent / elapsed:.2f} feed={self.feed_state()} "
+                f"{reward_summary(self.uptime, self._hour_time())} {self.day.summary()}")
+
+    def feed_state(self) -> str:
+        """Where the loop's prices and order news come from now: rest (configured), ws (the
+        streams vouch for both), or ws-fallback (configured ws, but reading by REST: a stream is
+        down, silent, or our account is not authenticated on it)."""
+        if self.streams is None:
+            return "rest"
+        return "ws" if self.streams_vouch_for_orders() else "ws-fallback"
 
 
 # ---- command line --------------------------------------------------------------------------

@@ -305,3 +305,13 @@ def test_a_stop_closes_the_streams(maker, exchange, streams):
 def test_rest_feed_builds_no_streams():
     config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "MARKET_MAKER_PRICE_FEED": "rest"})
     assert mm.streams_for(config, FakeAuth(FakeClock())) is None
+
+
+def test_the_status_line_says_where_prices_come_from(maker, exchange, streams):
+    maker.run_once()
+    assert " feed=ws " in maker.status_line()
+    streams.state.set_connected("market", False)
+    assert " feed=ws-fallback " in maker.status_line()
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "MARKET_MAKER_PRICE_FEED": "rest"})
+    rest = mm.MarketMaker(config, FakeAuth(maker.clock), clock=maker.clock)
+    assert " feed=rest " in rest.status_line()

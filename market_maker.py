@@ -1979,6 +1979,9 @@ def setup_logging(level: str, log_file: str | None = None) -> None:
     # urllib3 quotes request URLs in its log lines (a Telegram URL carries the bot token, a
     # webhook URL may carry a secret): only our own lines reach the log.
     logging.getLogger("urllib3").setLevel(logging.CRITICAL)
+    # websockets logs every frame at DEBUG, our auth frames with the token among them; standx_ws
+    # says what happens on the sockets in its own words.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
 def state_file_path(config: Config, address: str) -> str:

@@ -113,6 +113,10 @@ LOOP_GRACE_S = 4.0
 STOP_DEADLINE_S = 13.0
 HARD_STOP_S = 14.5
 STOP_POLL_S = 0.3
+# The streams' threads, asked to end when the stop begins, are waited for at most this long at
+# its end, and never past this long after the stop request (before the hard stop).
+STREAMS_STOP_MAX_S = 2.0
+STREAMS_STOP_BY_S = 14.0
 # The hard exit waits this long for its last log line, no longer.
 HARD_EXIT_LOG_S = 0.3
 # A quote refused for a reason that does not pass by itself (margin, size, a symbol no longer
@@ -138,6 +142,9 @@ STREAM_PRICE_MAX_AGE_S = 2.0
 STREAM_AUDIT_EVERY_S = 10.0
 STREAM_POSITION_EVERY_S = 2.0
 STREAM_CONFIRM_S = 1.0
+# A position the stream pushed stands against REST answers older than it (StandX's position
+# answers can lag a fill by seconds) for this long at most.
+STREAM_POSITION_TRUST_S = 10.0
 # This many loops in a row without a decision (failed reads) raise the "failures" alert.
 FAILED_LOOPS_ALERT = 20
 STARTUP_BACKOFF_MAX_S = 60.0
@@ -891,6 +898,8 @@ class MarketMaker:
         self.position_grown_at = {BUY: float("-inf"), SELL: float("-inf")}
         self.position_updated_at: float | None = None
         self.position_read_at = float("-inf")  # when the latest position read was sent
+        # The newest position row the stream pushed: (qty, its exchange time, received at).
+        self.streamed_position: tuple[Decimal, float, float] | None = None
         # Sides whose quotes the exchange refuses: side -> (refusals in a row, next try at; a first
         # rejection in matching counts 0, see _note_rejection), and
         # since when no quote has been accepted (None while quotes are accepted).
@@ -1127,7 +1136,8 @@ class MarketMaker:
             if got["position"] is None:
                 return False
             self.position_read_at = sent_at
-            self._note_position(got["position"], sent_at)
+            if not self._rest_position_lags_stream(got["position"]):
+                self._note_position(got["position"], sent_at)
         position = self.position
         if position != 0:
             self.close_position(position)
@@ -1197,6 +1207,7 @@ class MarketMaker:
             # Events may have been missed while disconnected: list and read everything now.
             self.resyncs_seen = state.resyncs
             self.last_audit_at = self.position_read_at = float("-inf")
+            self.streamed_position = None
         self._apply_order_events(state.drain_orders())
         self._apply_outcomes(state.drain_outcomes())
         self._apply_streamed_position(state.latest_position_row())
@@ -1234,9 +1245,9 @@ class MarketMaker:
             self._settle_final(order, found)
 
     def _apply_streamed_position(self, row: Mapping[str, Any] | None) -> None:
-        """A position from the stream newer than the last REST read: one that opened is closed
-        at once. Flat is left for the next REST read to confirm (a streamed flat never
-        unblocks a side by itself)."""
+        """A position row from the stream, taken once, and only if newer than what REST last
+        showed: a position that opened is closed at once. Flat is left for REST to confirm (a
+        streamed flat never unblocks a side by itself)."""
         if row is None:
             return
         try:
@@ -1244,12 +1255,25 @@ class MarketMaker:
         except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
             return
         updated_at = exchange_time(row.get("updated_at"))
-        if position == 0 or position == self.position or updated_at is None or (
+        if updated_at is None or (self.streamed_position is not None and updated_at <= self.streamed_position[1]) or (
                 self.position_updated_at is not None and updated_at <= self.position_updated_at):
             return
+        self.streamed_position = (position, updated_at, self.clock.monotonic())
+        if position == 0 or position == self.position:
+            return
         self.entry_price = positive_decimal(row.get("entry_price")) or self.entry_price
-        self.position_updated_at = updated_at
         self._note_position(position, float("-inf"))  # settles no fill check: REST does
+
+    def _rest_position_lags_stream(self, position: Decimal) -> bool:
+        """The REST position answer is older than the open position the stream pushed (by the
+        exchange's timestamps) and says otherwise: it lags the fill, so the streamed position
+        stands, and is closed, for STREAM_POSITION_TRUST_S at most."""
+        if self.streamed_position is None:
+            return False
+        qty, updated_at, received_at = self.streamed_position
+        return (qty != 0 and qty != position
+                and self.clock.monotonic() - received_at < STREAM_POSITION_TRUST_S
+                and (self.position_updated_at is None or self.position_updated_at < updated_at))
 
     def _read_balance(self) -> Decimal | None:
         try:
@@ -1759,6 +1783,8 @@ class MarketMaker:
         """Cancel every order of ours and confirm none is left, none is on its way and no
         position is open. True only then."""
         self.request_stop()
+        if self.streams is not None:
+            self.streams.request_stop()  # the stop reads by REST only; the sockets close meanwhile
         # The stop gets its own budget, whatever the interrupted loop used of the grace period.
         deadline = self.auth.deadline = self.stop_requested_at + STOP_DEADLINE_S
         for order in self.our.tracked:
@@ -1791,7 +1817,9 @@ class MarketMaker:
             log.error("stop deadline reached: %s", outcome)
         self.alerter.send("stop", f"stopped ({self.stop_reason}): {outcome}")
         if self.streams is not None:
-            self.streams.stop()
+            # Whatever is left of the stop's budget, never past the hard stop.
+            left_s = self.stop_requested_at + STREAMS_STOP_BY_S - self.clock.monotonic()
+            self.streams.stop(timeout_s=min(STREAMS_STOP_MAX_S, max(0.0, left_s)))
         return clean and flat
 
     def _resolve_given_up(self) -> None:

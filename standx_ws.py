@@ -28,6 +28,7 @@ import random
 import threading
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -60,6 +61,11 @@ BACKOFF_MAX_S = 60.0
 HEALTHY_AFTER_S = 60.0
 OPEN_TIMEOUT_S = 10.0   # TCP, TLS and the WebSocket handshake together
 CLOSE_TIMEOUT_S = 1.0   # a normal close waits this long for the server's answer
+# A subscribe or an authentication not answered within this long leaves the socket useless
+# (pings alone keep it "alive"): it is replaced. A token the exchange refused is offered again
+# this long after (a refusal can pass; the next login may be a week away).
+ANSWER_TIMEOUT_S = 20.0
+AUTH_RETRY_S = 30.0
 # How often a reading thread looks up from the socket: the stop flag, the silence limit, the
 # socket's age and a new token are noticed within this.
 RECV_SLICE_S = 0.2
@@ -145,6 +151,17 @@ def signed_qty(row: dict) -> Decimal:
     return qty
 
 
+def price_time(value: Any) -> datetime | None:
+    """A price frame's ISO-8601 time (None when absent, malformed or without a zone)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def parse_json_object(text: str) -> dict | None:
     """The frame as a JSON object, or None (logged at DEBUG) for anything else."""
     try:
@@ -183,6 +200,12 @@ class StreamState:
         self._balance: dict | None = None
         self._up = dict.fromkeys(STREAM_NAMES, False)
         self._login_request_id: str | None = None
+        self._price_time: datetime | None = None  # the exchange's time of the latest price
+        # When each of our requests was last answered ("price": a price frame after a
+        # subscribe; "auth", "login": the answer, whatever it said), and when a token was last
+        # refused ("user": on the market stream, "api": on the order response stream).
+        self.answered_at: dict[str, float] = {}
+        self.refused_at: dict[str, float] = {}
 
     # ---- read by the loop ----
 
@@ -225,6 +248,8 @@ class StreamState:
             changed = [name for name in affected if self._up[name] != up]
             for name in affected:
                 self._up[name] = up
+            if stream == "market" and not up:
+                self._price_time = None  # a new socket's snapshot starts afresh
             resync = up and "user" in changed
             if resync:
                 self.resyncs += 1
@@ -287,6 +312,11 @@ class StreamState:
             spread = [None, None]
         if not isinstance(spread, list) or len(spread) != 2:
             raise ValueError("spread is not [bid, ask]")
+        stamp = price_time(data.get("time"))
+        if stamp is not None and self._price_time is not None and stamp < self._price_time:
+            raise ValueError("older than the price we have")  # a replayed or reordered frame
+        self._price_time = stamp or self._price_time
+        self.answered_at["price"] = self.clock.monotonic()
         update = PriceUpdate(mark=wire_price(data["mark_price"]), index=optional_price(data.get("index_price")),
                              last=optional_price(data.get("last_price")), mid=optional_price(data.get("mid_price")),
                              best_bid=optional_price(spread[0]), best_ask=optional_price(spread[1]),
@@ -297,9 +327,11 @@ class StreamState:
             self.wake.set()
 
     def _on_auth(self, message: dict, data: dict) -> None:
+        self.answered_at["auth"] = self.clock.monotonic()
         if data.get("code") != 200:
-            log.warning("market stream refused our token (%s): user channels off until a new token",
-                        data.get("msg"))
+            log.warning("market stream refused our token (%s): user channels off, the token offered "
+                        "again in %.0f s or a new one at once", data.get("msg"), AUTH_RETRY_S)
+            self.refused_at["user"] = self.clock.monotonic()
             self.set_connected("user", False)
             return
         if not self._up["user"]:
@@ -326,11 +358,13 @@ class StreamState:
         self._balance = dict(data)
 
     def _on_login(self, code: int, message: dict) -> None:
+        self.answered_at["login"] = self.clock.monotonic()
         if code == 0:
             log.info("order response stream: logged in")
             self.set_connected("api", True)
         else:
             log.warning("order response stream refused our token (%s %s)", code, message.get("message"))
+            self.refused_at["api"] = self.clock.monotonic()
             self.set_connected("api", False)
 
     # ---- queues ----
@@ -373,6 +407,14 @@ class Conversation:
             return []
         self._sent_token = token
         return [self.authentication(token)]
+
+    def forget_token(self) -> None:
+        """Offer the current token again (the exchange refused it; a refusal can pass)."""
+        self._sent_token = None
+
+    @property
+    def authenticated_with(self) -> str | None:
+        return self._sent_token
 
     def greeting(self) -> list[str]:
         return []
@@ -492,9 +534,14 @@ class _Link:
     until the streams stop."""
 
     def __init__(self, streams: "StandXStreams", name: str, url: str, conversation: Conversation,
-                 handle: Callable[[str], None]) -> None:
+                 handle: Callable[[str], None], answers: tuple[str, str | None], refusal: str) -> None:
         self.streams = streams
         self.name = name
+        # What answers our greeting and our authentication on this socket (StreamState.answered_at
+        # keys), what marks a refused token (StreamState.refused_at), and when each was sent.
+        self.greeting_answer, self.auth_answer = answers
+        self.refusal = refusal
+        self.awaiting: dict[str, float] = {}
         self.label = LINK_LABELS[name]
         self.url = url
         self.conversation = conversation
@@ -569,6 +616,9 @@ class _Link:
         streams = self.streams
         if self.name == "market":
             streams.state.set_connected("market", True)
+        self.awaiting.clear()
+        if self.greeting_answer is not None:
+            self.awaiting[self.greeting_answer] = opened_at
         self._send(connection, self.conversation.opening(streams.auth.current_token()))
         while not streams.stopping.is_set():
             now = streams.clock.monotonic()
@@ -576,6 +626,10 @@ class _Link:
                 return f"silent for {now - self.last_heard:.0f} s, taken as dead", False
             if now - opened_at >= streams.max_age_s:
                 return "replaced before the exchange's 24 h cap", True
+            unanswered = self._unanswered(now)
+            if unanswered:
+                return f"no answer to our {unanswered} in {streams.answer_timeout_s:.0f} s", False
+            self._offer_refused_token_again(now)
             self._send(connection, self.conversation.on_token(streams.auth.current_token()))
             try:
                 frame = connection.recv(timeout=RECV_SLICE_S)
@@ -589,8 +643,27 @@ class _Link:
         return "stopped", False
 
     def _send(self, connection: Any, frames: list[str]) -> None:
+        if frames and self.conversation.authenticated_with is not None:
+            # The last frame is the authentication (a greeting comes first): await its answer.
+            self.awaiting[self.auth_answer] = self.streams.clock.monotonic()
         for frame in frames:  # never logged: an authentication carries the token
             connection.send(frame)
+
+    def _unanswered(self, now: float) -> str | None:
+        """What we asked on this socket and got no answer to within the answer timeout."""
+        answered_at = self.streams.state.answered_at
+        for what, sent_at in list(self.awaiting.items()):
+            if answered_at.get(what, float("-inf")) >= sent_at:
+                del self.awaiting[what]
+            elif now - sent_at >= self.streams.answer_timeout_s:
+                return {"price": "subscribe", "auth": "authentication", "login": "login"}[what]
+        return None
+
+    def _offer_refused_token_again(self, now: float) -> None:
+        refused_at = self.streams.state.refused_at.get(self.refusal)
+        if refused_at is not None and now - refused_at >= self.streams.auth_retry_s:
+            del self.streams.state.refused_at[self.refusal]
+            self.conversation.forget_token()
 
     def _heard(self) -> None:
         self.last_heard = self.streams.clock.monotonic()
@@ -607,20 +680,25 @@ class StandXStreams:
     def __init__(self, auth: Any, symbol: str, stream_url: str, api_url: str, clock: Clock | None = None, *,
                  connect: Callable[..., Any] = websockets.sync.client.connect,
                  rng: random.Random | None = None, silence_s: float = SILENCE_LIMIT_S,
-                 max_age_s: float = MAX_SOCKET_AGE_S, budget: ConnectionBudget | None = None) -> None:
+                 max_age_s: float = MAX_SOCKET_AGE_S, budget: ConnectionBudget | None = None,
+                 answer_timeout_s: float = ANSWER_TIMEOUT_S, auth_retry_s: float = AUTH_RETRY_S) -> None:
         self.auth = auth
         self.clock = clock or RealClock()
         self.connect = connect
         self.rng = rng or random.Random()
         self.silence_s = silence_s
         self.max_age_s = max_age_s
+        self.answer_timeout_s = answer_timeout_s
+        self.auth_retry_s = auth_retry_s
         self.budget = budget or ConnectionBudget(self.clock)
         self.state = StreamState(self.clock, symbol)
         self.session_id = str(uuid.uuid4())
         self.stopping = threading.Event()
         self._links = [
-            _Link(self, "market", stream_url, MarketConversation(symbol), self.state.handle_stream_frame),
-            _Link(self, "api", api_url, ApiConversation(self.session_id, self.state), self.state.handle_api_frame),
+            _Link(self, "market", stream_url, MarketConversation(symbol), self.state.handle_stream_frame,
+                  answers=("price", "auth"), refusal="user"),
+            _Link(self, "api", api_url, ApiConversation(self.session_id, self.state), self.state.handle_api_frame,
+                  answers=(None, "login"), refusal="api"),
         ]
         self._started = False
 
@@ -631,6 +709,11 @@ class StandXStreams:
         self._started = True
         for link in self._links:
             link.thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the threads to close their sockets and end, without waiting for them (a stop
+        lets them end while it cancels our orders; stop() then joins them)."""
+        self.stopping.set()
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Close the sockets normally and join the threads, within about `timeout_s`. A thread
@@ -700,6 +783,9 @@ class FeedStreams:
             for frame in conversation.opening(token):
                 connection.send(frame)
         self.state.set_connected("market", True)
+
+    def request_stop(self) -> None:
+        self.stop()
 
     def stop(self, timeout_s: float = 2.0) -> None:
         for connection, _, _ in self._links:

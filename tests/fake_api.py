@@ -37,6 +37,7 @@ class FakeApi:
                                        "spread_bid": None, "spread_ask": None}
         self.balance: dict[str, Any] = {"balance": balance, "equity": balance}
         self.position = Decimal(0)
+        self.position_updated_at: str | None = None  # the row's updated_at (ISO), when set
         self.leverage = 40
         self.open: list[dict[str, Any]] = []
         self.final: dict[str, str] = {}  # cl_ord_id -> final status, for query_order
@@ -96,9 +97,12 @@ class FakeApi:
 
     def query_positions(self, auth: Any, symbol: str | None = None) -> list[dict[str, Any]]:
         self._record("query_positions", symbol=symbol)
-        if self.position == 0:
+        if self.position == 0 and self.position_updated_at is None:
             return []
-        return [{"symbol": "BTC-USD", "qty": str(self.position)}]
+        row = {"symbol": "BTC-USD", "qty": str(self.position)}
+        if self.position_updated_at is not None:
+            row["updated_at"] = self.position_updated_at
+        return [row]
 
     def query_open_orders(self, auth: Any, symbol: str | None = None, limit: int | None = None):
         self._record("query_open_orders", symbol=symbol)

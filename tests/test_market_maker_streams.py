@@ -27,6 +27,8 @@ class FakeStreams:
         self.session_id = "session-1"
         self.ready = True
         self.started = self.stopped = False
+        self.stop_requested_at: float | None = None
+        self.stop_timeout_s: float | None = None
         self.seq = 0
         self.mark = "100"
         self.flowing = True  # a price frame before every regular loop, as a live stream sends
@@ -34,8 +36,12 @@ class FakeStreams:
     def start(self) -> None:
         self.started = True
 
+    def request_stop(self) -> None:
+        self.stop_requested_at = self.clock.monotonic()
+
     def stop(self, timeout_s: float = 2.0) -> None:
         self.stopped = True
+        self.stop_timeout_s = timeout_s
 
     def api_ready(self) -> bool:
         return self.ready
@@ -296,10 +302,22 @@ def test_a_reconnect_lists_our_orders_and_reads_the_position_at_once(maker, exch
     assert reads_of(exchange, "query_positions") == positions + 1
 
 
-def test_a_stop_closes_the_streams(maker, exchange, streams):
+def test_a_stop_closes_the_streams_from_its_start(maker, exchange, streams):
     maker.run_once()
+    started = maker.clock.monotonic()
     maker.shutdown()
-    assert streams.stopped
+    assert streams.stop_requested_at == started  # before the first cancel: the stop reads by REST
+    assert streams.stopped and streams.stop_timeout_s == mm.STREAMS_STOP_MAX_S
+
+
+def test_a_stop_that_used_its_budget_waits_for_the_streams_only_until_the_hard_stop(maker, exchange, streams):
+    maker.run_once()
+    exchange.fail("query_open_orders")  # the stop cannot confirm: it runs to its deadline
+    requested = maker.clock.monotonic()
+    maker.shutdown()
+    left_s = requested + mm.STREAMS_STOP_BY_S - maker.clock.monotonic()
+    assert streams.stop_timeout_s == pytest.approx(max(0.0, min(mm.STREAMS_STOP_MAX_S, left_s)))
+    assert maker.clock.monotonic() + streams.stop_timeout_s < requested + mm.HARD_STOP_S
 
 
 def test_rest_feed_builds_no_streams():
@@ -315,3 +333,47 @@ def test_the_status_line_says_where_prices_come_from(maker, exchange, streams):
     config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, "MARKET_MAKER_PRICE_FEED": "rest"})
     rest = mm.MarketMaker(config, FakeAuth(maker.clock), clock=maker.clock)
     assert " feed=rest " in rest.status_line()
+
+
+def test_a_streamed_fill_stands_while_the_rest_position_lags_it(maker, exchange, streams):
+    """StandX's position answers can lag a fill: REST saying flat with an older timestamp must
+    not undo the stream's newer position, nor the same row be taken again (a fill logged,
+    alerted and counted once)."""
+    ours = settle_quotes(maker, exchange, streams)
+    exchange.open.remove(ours["buy"])
+    exchange.position_updated_at = ISO_BASE.format(1)  # REST: flat, as of before the fill
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
+                  symbol=None)
+    woken(maker)
+    for _ in range(6):
+        regular(maker)
+    assert maker.fills == 1
+    assert maker.position == Decimal("0.005")
+    assert len(exchange.calls_of("new_market_order")) >= 2  # the close is retried, reduce-only
+    assert all(c["reduce_only"] for c in exchange.calls_of("new_market_order"))
+    exchange.position_updated_at = ISO_BASE.format(6)  # REST catches up: flat after the close
+    regular(maker)
+    assert maker.position == 0 and maker.fills == 1 and maker.day.fills == 1
+
+
+def test_a_streamed_position_row_is_taken_once(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
+                  symbol=None)
+    woken(maker)
+    exchange.position = Decimal(0)
+    exchange.position_updated_at = ISO_BASE.format(7)  # REST: flat after the close
+    regular(maker, mm.CLOSE_SETTLE_S)
+    assert maker.position == 0
+    for _ in range(4):
+        woken(maker)  # the stream's latest row is still the old one
+    assert maker.position == 0 and maker.fills == 1
+
+
+def test_the_rest_position_wins_again_once_the_streamed_one_is_old(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
+                  symbol=None)
+    woken(maker)
+    regular(maker, mm.STREAM_POSITION_TRUST_S + 0.1)  # REST still shows nothing at all
+    assert maker.position == 0

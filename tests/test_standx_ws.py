@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import pytest
 import websockets.sync.client
+import websockets.sync.server
 
 import standx_api as api
 import standx_ws as ws
@@ -384,6 +385,77 @@ def test_stop_is_bounded_while_a_handshake_hangs():
             sock.close()
     # The handshakes fail once the server is gone, and the threads, told to stop, end.
     assert wait_for(lambda: not any(link.thread.is_alive() for link in streams._links), 5)
+
+
+# ---- against a server that answers nothing, or refuses our token once ---------------------------
+
+class Scripted:
+    """A WebSocket server on 127.0.0.1 that pings (so the socket never looks silent) and answers
+    each frame with `answer(path, text, nth)`'s frames (none: it ignores the frame)."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.connections: list[str] = []
+        self.received: list[tuple[str, str]] = []
+        self.server = websockets.sync.server.serve(self._serve, "127.0.0.1", 0, ping_interval=0.2)
+        self.url = f"ws://127.0.0.1:{self.server.socket.getsockname()[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _serve(self, connection) -> None:
+        path = connection.request.path
+        self.connections.append(path)
+        for text in connection:
+            self.received.append((path, text))
+            nth = sum(p == path for p, _ in self.received)
+            for reply in self.answer(path, text, nth):
+                connection.send(reply)
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_a_socket_whose_subscribe_is_never_answered_is_replaced():
+    server = Scripted(lambda path, text, nth: [])
+    streams = ws.StandXStreams(TokenHolder(), SYMBOL, server.url + ws.STREAM_PATH, server.url + ws.API_PATH,
+                               rng=random.Random(1), answer_timeout_s=0.5)
+    try:
+        streams.start()
+        assert wait_for(lambda: server.connections.count(ws.STREAM_PATH) >= 2, 10)
+        assert not streams.state.connected("user")
+    finally:
+        streams.stop()
+        server.close()
+
+
+def test_a_refused_token_is_offered_again_after_a_pause():
+    def answer(path, text, nth):
+        message = json.loads(text)
+        if path == ws.STREAM_PATH and "subscribe" in message:
+            return [price_frame()]
+        if path == ws.STREAM_PATH and "auth" in message:
+            auths = sum(1 for p, t in server.received if p == path and "auth" in json.loads(t))
+            return [auth_frame(401 if auths == 1 else 200)]
+        return [json.dumps({"code": 0, "message": "success", "request_id": message.get("request_id")})]
+
+    server = Scripted(answer)
+    streams = ws.StandXStreams(TokenHolder("token-1"), SYMBOL, server.url + ws.STREAM_PATH,
+                               server.url + ws.API_PATH, rng=random.Random(1), auth_retry_s=0.5)
+    try:
+        streams.start()
+        assert wait_for(lambda: streams.state.refused_at or streams.state.connected("user"), 5)
+        assert wait_for(lambda: streams.state.connected("user"), 5)  # the same token, offered again
+        assert server.connections.count(ws.STREAM_PATH) == 1  # on the same socket
+    finally:
+        streams.stop()
+        server.close()
+
+
+def test_a_price_older_than_the_one_held_is_ignored(state):
+    state.handle_stream_frame(price_frame(mark="95000.0", time="2026-01-06T00:00:02Z"))
+    state.handle_stream_frame(price_frame(mark="94000.0", time="2026-01-06T00:00:01Z"))
+    assert state.latest_price().mark == Decimal("95000.0")
+    state.handle_stream_frame(price_frame(mark="95001.0", time="2026-01-06T00:00:03Z"))
+    assert state.latest_price().mark == Decimal("95001.0")
 
 
 # ---- against the simulator's served streams ---------------------------------------------------------

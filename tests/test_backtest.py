@@ -260,10 +260,12 @@ def test_the_benchmark_on_a_fresh_clone_runs_both_presets_labelled_synthetic(tmp
     assert "| synthetic-calm-seed0 " in result.stdout and "| synthetic-volatile-seed0 " in result.stdout
     report = json.loads(out.read_text())
     assert report["market"].startswith("SYNTHETIC")
-    assert set(report["columns"]) == {f"{market}/{mark}/{mode}" for market in ("calm", "volatile")
-                                      for mark in ("standx", "mid") for mode in ("replace", "cancel_first")}
-    assert "| standx/replace | standx/cancel_first | mid/replace | mid/cancel_first |" in " ".join(
-        result.stdout.split())  # side by side in one table per market
+    assert set(report["columns"]) == {f"{market}/{feed}/{mark}/{mode}" for market in ("calm", "volatile")
+                                      for feed in ("ws", "rest") for mark in ("standx", "mid")
+                                      for mode in ("replace", "cancel_first")}
+    assert "| ws/replace | rest/replace | ws/cancel_first | rest/cancel_first |" in " ".join(
+        result.stdout.split())  # ws beside rest, in one table per market and mark model
+    assert "targets of issue 12 on the volatile hours" in result.stdout and len(report["targets"]) == 3
 
 
 def test_the_benchmark_asked_for_recordings_that_are_absent_exits_2_naming_the_file(tmp_path):

@@ -1599,20 +1599,29 @@ class MarketMaker:
         self.place_quotes([(side, self._price_for(side, market)) for side in sides])
 
     def _confirm_gone(self, cancelled: list[OurOrder]) -> None:
-        """Look the cancelled orders up until the exchange shows each one over, for at most
+        """Wait until the exchange shows each cancelled order over, for at most
         CANCEL_CONFIRM_S: an order over without a fill stops being tracked (its side is free),
-        one with a fill starts a fill check. One still live after that is left to the loop."""
+        one with a fill starts a fill check. One still live after that is left to the loop.
+        The order stream says so as it happens while it vouches for our orders; otherwise the
+        orders are looked up every CANCEL_POLL_S."""
         ends_at = self.clock.monotonic() + CANCEL_CONFIRM_S
         pending = list(cancelled)
         while pending and not self.stop_requested:
-            answers = self.clock.gather([partial(self._look_up, o.cl_ord_id) for o in pending])
-            for order, found in zip(list(pending), answers):
-                if found.over:
-                    pending.remove(order)
-                    self.our.over(order, found, self.clock.monotonic())
+            if self.streams is not None and self.streams_vouch_for_orders():
+                self._apply_order_events(self.streams.state.drain_orders())
+                pending = [o for o in pending if o in self.our.tracked]
+            else:
+                answers = self.clock.gather([partial(self._look_up, o.cl_ord_id) for o in pending])
+                for order, found in zip(list(pending), answers):
+                    if found.over:
+                        pending.remove(order)
+                        self.our.over(order, found, self.clock.monotonic())
             if not pending or self.clock.monotonic() >= ends_at:
                 return
-            self.clock.sleep(CANCEL_POLL_S)
+            if self.streams is not None and self.streams_vouch_for_orders():
+                self.streams.wait_until(ends_at, lambda: self.stop_requested)
+            else:
+                self.clock.sleep(CANCEL_POLL_S)
 
     def _requote_cancel_first(self, market: Market) -> None:
         """The original strategy: cancel everything, wait, place both sides afresh (priced from

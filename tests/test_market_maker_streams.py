@@ -62,6 +62,20 @@ class FakeStreams:
             message["symbol"] = symbol
         self.state.handle_stream_frame(json.dumps(message))
 
+    def echo_cancels(self, exchange: FakeApi) -> None:
+        """The order stream shows each cancel the exchange carries out, as StandX's does."""
+        cancel_orders = exchange.cancel_orders
+
+        def cancel_and_tell(auth: Any, order_ids: Any = None, cl_ord_ids: Any = None) -> Any:
+            answer = cancel_orders(auth, order_ids=order_ids, cl_ord_ids=cl_ord_ids)
+            for cid in cl_ord_ids or []:
+                if exchange.final.get(cid) == "canceled":
+                    self.frame("order", {"cl_ord_id": cid, "symbol": "BTC-USD", "status": "canceled",
+                                         "fill_qty": "0", "updated_at": ISO_BASE.format(8)}, symbol=None)
+            return answer
+
+        exchange.cancel_orders = cancel_and_tell
+
     def price(self, mark: str, bid: str | None = None, ask: str | None = None) -> None:
         self.mark = mark
         self.frame("price", {"base": "BTC", "quote": "DUSD", "mark_price": mark, "index_price": mark,
@@ -143,6 +157,7 @@ def test_a_disconnected_market_stream_falls_back_to_the_rest_price(maker, exchan
 
 def test_a_mark_move_on_the_stream_is_requoted_in_a_woken_loop_without_rest_reads(maker, exchange, streams):
     old = settle_quotes(maker, exchange, streams)
+    streams.echo_cancels(exchange)
     before = len(exchange.calls)
     streams.price("100.05")  # buy now 12.5 bps away, sell 2.5 bps: both out of the band
     woken(maker)
@@ -152,6 +167,20 @@ def test_a_mark_move_on_the_stream_is_requoted_in_a_woken_loop_without_rest_read
     assert exchange.calls_of("cancel_orders")[-1]["cl_ord_ids"] == [old["buy"]["cl_ord_id"], old["sell"]["cl_ord_id"]]
     assert {c["side"]: Decimal(c["price"]) for c in placed(exchange)[2:]} == {
         "buy": Decimal("99.974"), "sell": Decimal("100.126")}
+    assert "query_order" not in names  # the order stream showed the old quotes over
+
+
+def test_a_cancel_the_order_stream_does_not_show_is_left_to_the_loop(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    started = maker.clock.monotonic()
+    streams.price("100.05")
+    woken(maker)
+    assert len(placed(exchange)) == 2  # not replaced while the old quotes may still rest
+    assert maker.clock.monotonic() - started <= mm.CANCEL_CONFIRM_S + 0.1  # waited a second at most
+    for _ in range(3):
+        regular(maker)  # confirmed by REST (gone from the list, then their status: no fill)
+    assert exchange.calls_of("query_open_orders") and exchange.calls_of("query_order")
+    assert sorted(c["side"] for c in placed(exchange)[2:]) == ["buy", "sell"]
 
 
 def test_orders_confirmed_by_the_stream_need_no_rest_list(maker, exchange, streams):

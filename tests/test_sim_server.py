@@ -218,6 +218,6 @@ def test_serve_help_says_what_the_simulator_models_and_what_it_does_not(capsys):
     text = capsys.readouterr().out
     models, not_modelled = text.split("what it models")[1].split("not modelled:")
     for modelled in ("mark price", "rate limits", "429", "random delay", "rejected in matching", "queue",
-                     "partial fills", "ETH-USD", "gzip"):
+                     "partial fills", "ETH-USD", "gzip", "WebSocket streams", "/ws-stream/v1", "/ws-api/v1"):
         assert modelled in models, modelled
-    assert "WebSocket" in not_modelled and "depth" in not_modelled
+    assert "depth" in not_modelled and "order response stream" in not_modelled

@@ -568,7 +568,7 @@ def test_order_position_and_balance_events_on_a_fill(served):
 def test_an_alo_rejection_is_pushed_on_the_order_response_stream(served):
     auth = served.account()
     streams = served.start_streams(auth)
-    assert wait_for(streams.api_ready, 5)
+    assert wait_for(lambda: streams.api_ready() and streams.state.latest_price() is not None, 5)
     ask = streams.state.latest_price().best_ask
     streams.state.wake.clear()
     request_id = place_alo(served, auth, "buy", str(ask + 1), streams.session_id)  # crosses: refused in matching

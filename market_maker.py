@@ -1111,7 +1111,10 @@ class MarketMaker:
         reads: dict[str, Callable[[], Any]] = {}
         if regular and self.position_read_due():
             reads["position"] = self._read_position
-        if self.orders_await_confirmation() or self.audit_due():
+        # A woken pass lists our orders only after a reconnect: the streams wake the loop many
+        # times a second, and an order slow to show would draw a list and a look-up each time.
+        if (regular or self.last_audit_at == float("-inf")) and (
+                self.orders_await_confirmation() or self.audit_due()):
             reads["orders"] = self._read_open_orders
         if regular:
             for cl_ord_id, check in self.our.fill_checks.items():
@@ -1265,13 +1268,13 @@ class MarketMaker:
         self._note_position(position, float("-inf"))  # settles no fill check: REST does
 
     def _rest_position_lags_stream(self, position: Decimal) -> bool:
-        """The REST position answer is older than the open position the stream pushed (by the
-        exchange's timestamps) and says otherwise: it lags the fill, so the streamed position
-        stands, and is closed, for STREAM_POSITION_TRUST_S at most."""
+        """The REST position answer is older than the latest position row the stream pushed (by
+        the exchange's timestamps) and says otherwise: it lags a fill or a close, so it changes
+        nothing (neither a second fill nor a close undone), for STREAM_POSITION_TRUST_S at most."""
         if self.streamed_position is None:
             return False
         qty, updated_at, received_at = self.streamed_position
-        return (qty != 0 and qty != position
+        return (qty != position
                 and self.clock.monotonic() - received_at < STREAM_POSITION_TRUST_S
                 and (self.position_updated_at is None or self.position_updated_at < updated_at))
 

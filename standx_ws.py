@@ -28,7 +28,6 @@ import random
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -151,17 +150,6 @@ def signed_qty(row: dict) -> Decimal:
     return qty
 
 
-def price_time(value: Any) -> datetime | None:
-    """A price frame's ISO-8601 time (None when absent, malformed or without a zone)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
-
-
 def parse_json_object(text: str) -> dict | None:
     """The frame as a JSON object, or None (logged at DEBUG) for anything else."""
     try:
@@ -200,7 +188,7 @@ class StreamState:
         self._balance: dict | None = None
         self._up = dict.fromkeys(STREAM_NAMES, False)
         self._login_request_id: str | None = None
-        self._price_time: datetime | None = None  # the exchange's time of the latest price
+        self._price_seq: int | None = None  # the seq of the latest price frame on this socket
         # When each of our requests was last answered ("price": a price frame after a
         # subscribe; "auth", "login": the answer, whatever it said), and when a token was last
         # refused ("user": on the market stream, "api": on the order response stream).
@@ -249,7 +237,7 @@ class StreamState:
             for name in affected:
                 self._up[name] = up
             if stream == "market" and not up:
-                self._price_time = None  # a new socket's snapshot starts afresh
+                self._price_seq = None  # a new socket numbers its frames afresh
             resync = up and "user" in changed
             if resync:
                 self.resyncs += 1
@@ -312,15 +300,19 @@ class StreamState:
             spread = [None, None]
         if not isinstance(spread, list) or len(spread) != 2:
             raise ValueError("spread is not [bid, ask]")
-        stamp = price_time(data.get("time"))
-        if stamp is not None and self._price_time is not None and stamp < self._price_time:
-            raise ValueError("older than the price we have")  # a replayed or reordered frame
-        self._price_time = stamp or self._price_time
+        # A frame numbered before the price we hold is a replayed or reordered one. (The
+        # exchange's `time` is no guide: its clock can step back. An equal number is let through:
+        # were the exchange not to number its frames one by one, every price would look replayed.)
+        seq = message.get("seq")
+        if type(seq) is int and self._price_seq is not None and seq < self._price_seq:
+            raise ValueError("numbered before the price we hold")
         self.answered_at["price"] = self.clock.monotonic()
         update = PriceUpdate(mark=wire_price(data["mark_price"]), index=optional_price(data.get("index_price")),
                              last=optional_price(data.get("last_price")), mid=optional_price(data.get("mid_price")),
                              best_bid=optional_price(spread[0]), best_ask=optional_price(spread[1]),
                              received_at=self.clock.monotonic())
+        if type(seq) is int:
+            self._price_seq = seq  # only a frame taken counts: a malformed one sets nothing
         previous, self._price = self._price, update
         if previous is None or (previous.mark, previous.best_bid, previous.best_ask) != \
                 (update.mark, update.best_bid, update.best_ask):

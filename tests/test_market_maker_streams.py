@@ -406,3 +406,52 @@ def test_the_rest_position_wins_again_once_the_streamed_one_is_old(maker, exchan
     woken(maker)
     regular(maker, mm.STREAM_POSITION_TRUST_S + 0.1)  # REST still shows nothing at all
     assert maker.position == 0
+
+
+def test_a_fill_and_its_close_count_once_while_rest_answers_lag_both(maker, exchange, streams):
+    """REST position answers lagging: after the stream showed the fill and then the close, REST
+    still answers the position from between them. That older answer is no second fill."""
+    settle_quotes(maker, exchange, streams)
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
+                  symbol=None)
+    woken(maker)
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0", "updated_at": ISO_BASE.format(6)},
+                  symbol=None)
+    woken(maker)
+    exchange.position, exchange.position_updated_at = Decimal(0), ISO_BASE.format(1)  # before the fill
+    regular(maker, mm.STREAM_POSITION_EVERY_S)
+    exchange.position, exchange.position_updated_at = Decimal("0.005"), ISO_BASE.format(5)  # between
+    regular(maker, mm.STREAM_POSITION_EVERY_S)
+    exchange.position, exchange.position_updated_at = Decimal(0), ISO_BASE.format(6)  # caught up
+    regular(maker, mm.STREAM_POSITION_EVERY_S)
+    assert maker.fills == 1 and maker.day.fills == 1 and maker.position == 0
+    assert len(exchange.calls_of("new_market_order")) == 1
+
+
+def test_woken_passes_do_not_list_our_orders_while_one_is_slow_to_show(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    exchange.lost_sides = {"sell"}  # the next sell is slow to show (never, here)
+    for order in list(maker.our.tracked):
+        if order.side == "sell":
+            exchange.open = [o for o in exchange.open if o["cl_ord_id"] != order.cl_ord_id]
+            streams.frame("order", {"cl_ord_id": order.cl_ord_id, "symbol": "BTC-USD", "status": "canceled",
+                                    "fill_qty": "0", "updated_at": ISO_BASE.format(2)}, symbol=None)
+    woken(maker)  # the sell side is free: a new sell goes out, and does not show
+    regular(maker, mm.STREAM_CONFIRM_S)  # past the stream's grace: confirmed by REST from now on
+    lists = reads_of(exchange, "query_open_orders")
+    for _ in range(8):
+        streams.price(streams.mark)
+        woken(maker, 0.05)  # price frames wake the loop many times a second
+    assert reads_of(exchange, "query_open_orders") == lists
+
+
+def test_a_price_frame_older_on_its_channel_is_ignored_but_a_clock_step_is_not(maker, streams):
+    state = streams.state
+    state.handle_stream_frame(json.dumps({"seq": 50, "channel": "price", "symbol": "BTC-USD",
+                                          "data": {"mark_price": "101", "time": "2026-01-06T00:02:00Z"}}))
+    state.handle_stream_frame(json.dumps({"seq": 49, "channel": "price", "symbol": "BTC-USD",
+                                          "data": {"mark_price": "90", "time": "2026-01-06T00:01:00Z"}}))
+    assert state.latest_price().mark == Decimal("101")  # replayed: an earlier seq
+    state.handle_stream_frame(json.dumps({"seq": 51, "channel": "price", "symbol": "BTC-USD",
+                                          "data": {"mark_price": "102", "time": "2026-01-06T00:00:30Z"}}))
+    assert state.latest_price().mark == Decimal("102")  # the exchange's clock stepped back: still news

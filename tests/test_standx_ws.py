@@ -2,6 +2,7 @@
 as units; then the client against the simulator's served streams on 127.0.0.1."""
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import socket
@@ -23,13 +24,14 @@ from standx_sim.simulate import throwaway_key
 from tests.exchange_fakes import FakeClock
 
 SYMBOL = "BTC-USD"
+PRICE_SEQ = itertools.count(1)  # each price frame numbered after the one before, as a socket does
 
 
 def price_frame(mark="95000.0", bid="94999.9", ask="95000.1", symbol=SYMBOL, **fields) -> str:
     data = {"base": "BTC", "quote": "DUSD", "index_price": "95001.0", "mark_price": mark,
             "last_price": "95000.0", "mid_price": "95000.0", "spread": [bid, ask],
             "time": "2026-01-06T00:00:00Z", **fields}
-    return json.dumps({"seq": 1, "channel": "price", "symbol": symbol, "data": data})
+    return json.dumps({"seq": next(PRICE_SEQ), "channel": "price", "symbol": symbol, "data": data})
 
 
 def user_frame(channel: str, **data) -> str:
@@ -450,12 +452,16 @@ def test_a_refused_token_is_offered_again_after_a_pause():
         server.close()
 
 
-def test_a_price_older_than_the_one_held_is_ignored(state):
-    state.handle_stream_frame(price_frame(mark="95000.0", time="2026-01-06T00:00:02Z"))
-    state.handle_stream_frame(price_frame(mark="94000.0", time="2026-01-06T00:00:01Z"))
+def test_a_price_numbered_before_the_one_held_is_ignored_until_the_socket_changes(state):
+    def numbered(seq: int, mark: str) -> str:
+        frame = json.loads(price_frame(mark=mark))
+        return json.dumps({**frame, "seq": seq})
+    state.handle_stream_frame(numbered(7, "95000.0"))
+    state.handle_stream_frame(numbered(6, "94000.0"))
     assert state.latest_price().mark == Decimal("95000.0")
-    state.handle_stream_frame(price_frame(mark="95001.0", time="2026-01-06T00:00:03Z"))
-    assert state.latest_price().mark == Decimal("95001.0")
+    state.set_connected("market", False)  # a new socket numbers afresh
+    state.handle_stream_frame(numbered(1, "94500.0"))
+    assert state.latest_price().mark == Decimal("94500.0")
 
 
 # ---- against the simulator's served streams ---------------------------------------------------------

@@ -898,8 +898,10 @@ class MarketMaker:
         self.position_grown_at = {BUY: float("-inf"), SELL: float("-inf")}
         self.position_updated_at: float | None = None
         self.position_read_at = float("-inf")  # when the latest position read was sent
-        # The newest position row the stream pushed: (qty, its exchange time, received at).
-        self.streamed_position: tuple[Decimal, float, float] | None = None
+        # The position rows the stream pushed, as taken, oldest first: (qty, the row's exchange
+        # time, received at), kept for STREAM_POSITION_TRUST_S.
+        self.streamed_positions: list[tuple[Decimal, float, float]] = []
+        self.last_streamed_row: tuple[Decimal, float] | None = None  # (qty, exchange time), kept for good
         # Sides whose quotes the exchange refuses: side -> (refusals in a row, next try at; a first
         # rejection in matching counts 0, see _note_rejection), and
         # since when no quote has been accepted (None while quotes are accepted).
@@ -1210,7 +1212,6 @@ class MarketMaker:
             # Events may have been missed while disconnected: list and read everything now.
             self.resyncs_seen = state.resyncs
             self.last_audit_at = self.position_read_at = float("-inf")
-            self.streamed_position = None
         self._apply_order_events(state.drain_orders())
         self._apply_outcomes(state.drain_outcomes())
         self._apply_streamed_position(state.latest_position_row())
@@ -1248,9 +1249,10 @@ class MarketMaker:
             self._settle_final(order, found)
 
     def _apply_streamed_position(self, row: Mapping[str, Any] | None) -> None:
-        """A position row from the stream, taken once, and only if newer than what REST last
-        showed: a position that opened is closed at once. Flat is left for REST to confirm (a
-        streamed flat never unblocks a side by itself)."""
+        """A position row from the stream, taken once (rows are news in the order they arrive:
+        the exchange's clock can step back): a position that opened is closed at once, unless
+        REST already showed something newer. Flat is left for REST to confirm (a streamed flat
+        never unblocks a side by itself)."""
         if row is None:
             return
         try:
@@ -1258,25 +1260,34 @@ class MarketMaker:
         except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
             return
         updated_at = exchange_time(row.get("updated_at"))
-        if updated_at is None or (self.streamed_position is not None and updated_at <= self.streamed_position[1]) or (
-                self.position_updated_at is not None and updated_at <= self.position_updated_at):
+        now = self.clock.monotonic()
+        self.streamed_positions = [r for r in self.streamed_positions if now - r[2] < STREAM_POSITION_TRUST_S]
+        if updated_at is None or (position, updated_at) == self.last_streamed_row:
             return
-        self.streamed_position = (position, updated_at, self.clock.monotonic())
-        if position == 0 or position == self.position:
+        self.last_streamed_row = (position, updated_at)
+        self.streamed_positions.append((position, updated_at, now))
+        if (position == 0 or position == self.position
+                or self.position_updated_at is not None and updated_at <= self.position_updated_at):
             return
         self.entry_price = positive_decimal(row.get("entry_price")) or self.entry_price
         self._note_position(position, float("-inf"))  # settles no fill check: REST does
 
     def _rest_position_lags_stream(self, position: Decimal) -> bool:
-        """The REST position answer is older than the latest position row the stream pushed (by
-        the exchange's timestamps) and says otherwise: it lags a fill or a close, so it changes
-        nothing (neither a second fill nor a close undone), for STREAM_POSITION_TRUST_S at most."""
-        if self.streamed_position is None:
+        """The REST position answer disagrees with the stream's latest row (of the last
+        STREAM_POSITION_TRUST_S) and lags it: it is a row the stream showed and then replaced
+        (the position between a fill and its close), or it is older than the open position the
+        stream showed last. Then it changes nothing: no second fill, no open position taken for
+        closed. Any other answer is news, even one stamped earlier (the exchange's clock can
+        step back): REST stays the truth."""
+        now = self.clock.monotonic()
+        rows = [r for r in self.streamed_positions if now - r[2] < STREAM_POSITION_TRUST_S]
+        if not rows or rows[-1][0] == position:
             return False
-        qty, updated_at, received_at = self.streamed_position
-        return (qty != position
-                and self.clock.monotonic() - received_at < STREAM_POSITION_TRUST_S
-                and (self.position_updated_at is None or self.position_updated_at < updated_at))
+        rest_at = self.position_updated_at
+        replaced = any(qty == position and updated_at == rest_at for qty, updated_at, _ in rows[:-1])
+        latest_qty, latest_at, _ = rows[-1]
+        older_than_open = latest_qty != 0 and (rest_at is None or rest_at < latest_at)
+        return replaced or older_than_open
 
     def _read_balance(self) -> Decimal | None:
         try:

@@ -455,3 +455,41 @@ def test_a_price_frame_older_on_its_channel_is_ignored_but_a_clock_step_is_not(m
     state.handle_stream_frame(json.dumps({"seq": 51, "channel": "price", "symbol": "BTC-USD",
                                           "data": {"mark_price": "102", "time": "2026-01-06T00:00:30Z"}}))
     assert state.latest_price().mark == Decimal("102")  # the exchange's clock stepped back: still news
+
+
+def test_a_fill_after_the_exchange_clock_stepped_back_is_closed_at_once(maker, exchange, streams):
+    """The stream's flat row is stamped later than a new fill (the exchange's clock stepped
+    back): the fill, by REST or by the stream, is news and is closed at once."""
+    settle_quotes(maker, exchange, streams)
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(50)},
+                  symbol=None)
+    woken(maker)
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0", "updated_at": ISO_BASE.format(51)},
+                  symbol=None)
+    exchange.position, exchange.position_updated_at = Decimal(0), ISO_BASE.format(51)
+    regular(maker, mm.CLOSE_SETTLE_S)
+    assert maker.position == 0
+    closes = len(exchange.calls_of("new_market_order"))
+    exchange.position, exchange.position_updated_at = Decimal("-0.005"), ISO_BASE.format(10)  # stepped back
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "-0.005", "updated_at": ISO_BASE.format(10)},
+                  symbol=None)
+    woken(maker)
+    regular(maker)
+    assert maker.position == Decimal("-0.005")
+    assert len(exchange.calls_of("new_market_order")) == closes + 1
+    assert exchange.calls_of("new_market_order")[-1]["side"] == "buy"
+
+
+def test_a_streamed_row_seen_again_after_a_reconnect_is_not_news(maker, exchange, streams):
+    settle_quotes(maker, exchange, streams)
+    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
+                  symbol=None)
+    woken(maker)
+    exchange.position, exchange.position_updated_at = Decimal(0), ISO_BASE.format(7)
+    regular(maker, mm.CLOSE_SETTLE_S)
+    assert maker.position == 0 and maker.fills == 1
+    streams.state.set_connected("market", False)
+    streams.connect()  # the old row is still the state's latest
+    woken(maker)
+    regular(maker)
+    assert maker.position == 0 and maker.fills == 1

@@ -4,6 +4,7 @@ backtest's figures are identical through either Session, in one process or in se
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import pickle
@@ -19,6 +20,7 @@ from standx_sim import backtest as bt
 from standx_sim import wire
 from standx_sim.__main__ import build_parser
 from standx_sim.clock import VirtualClock
+from requests.adapters import BaseAdapter
 from standx_sim.transport import InProcessAdapter, InProcessSession
 from tests.sim_helpers import BASE_URL, START_TS, SimClient, flat_sim
 from tests.test_backtest import CALM_HOUR, REPO, backtest, needs_data, without_timing
@@ -140,7 +142,8 @@ def test_a_request_requests_refuses_is_refused_the_same_way_twice(kind, call, er
 
 def answer(response: requests.Response) -> tuple:
     return (response.status_code, response.reason, dict(response.headers), response.encoding, response.url,
-            response.raw.read(), response.content)
+            response.raw.read(), response.content, response.history, dict(response.cookies), response.next,
+            response.ok, response.is_redirect)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -153,7 +156,7 @@ def test_a_compressed_answer_reaches_the_client_the_same_way(stream):
         answers[kind] = answer(session.get(f"{BASE_URL}/api/query_symbol_info", params={"symbol": "BTC-USD"},
                                            stream=stream))
     assert answers["lean"] == answers["plain"]
-    assert answers["lean"][2]["Content-Encoding"] == "gzip" and b"BTC-USD" in answers["lean"][-1]
+    assert answers["lean"][2]["Content-Encoding"] == "gzip" and b"BTC-USD" in answers["lean"][6]
 
 
 def in_process_session(kind: str) -> requests.Session:
@@ -188,6 +191,76 @@ def test_an_answer_pickles_with_its_body(kind):
     response = session.get(f"{BASE_URL}/api/query_symbol_info", stream=True)
     copy = pickle.loads(pickle.dumps(response))
     assert copy.content == response.content and copy.json()[0]["symbol"] == "BTC-USD"
+
+
+def test_an_answer_and_its_request_have_every_attribute_requests_gives_them():
+    response = in_process_session("lean").get(f"{BASE_URL}/api/query_symbol_info")
+    assert [name for name in vars(requests.Response()) if not hasattr(response, name)] == []
+    assert [name for name in vars(requests.PreparedRequest()) if not hasattr(response.request, name)] == []
+    assert len(response.cookies) == 0 and len(response.request._cookies) == 0
+    assert response.request.copy().headers == response.request.headers
+
+
+def test_an_answer_not_streamed_is_read_at_once_as_requests_reads_it():
+    session = in_process_session("lean")
+    with mock.patch("standx_sim.transport.decompress", side_effect=wire.decompress) as decoding:
+        response = session.get(f"{BASE_URL}/api/query_symbol_info")
+        assert decoding.call_count == 1
+    assert response.json()[0]["symbol"] == "BTC-USD"
+
+
+def test_an_answer_took_its_time_on_the_clock():
+    """The one figure the lean session gives differently: requests' Session.send would time the
+    adapter on the host's clock."""
+    response = in_process_session("lean").get(f"{BASE_URL}/api/health")
+    assert response.elapsed.total_seconds() == pytest.approx(0.1)
+
+
+def test_headers_sent_again_are_checked_once_and_each_request_keeps_its_own():
+    session, _ = recording("lean")
+    headers = {"Authorization": "Bearer sent-twice", "X-Twice": "1"}  # a set no other test sends
+    posted = session.post(f"{BASE_URL}/api/new_order", data=b"{}", headers=headers)
+    with mock.patch("standx_sim.transport.check_header_validity", side_effect=AssertionError("checked again")):
+        read = session.get(f"{BASE_URL}/api/query_balance", headers=dict(headers))
+    assert posted.request.headers["Content-Length"] == "2" and "Content-Length" not in read.request.headers
+    assert read.request.headers["x-twice"] == "1"
+
+
+def test_the_adapter_last_mounted_for_a_url_serves_it():
+    session = InProcessSession()
+    url = f"{BASE_URL}/api/health"
+    adapters = [InProcessAdapter(lambda *_: (200, {}, b""), VirtualClock(START_TS)) for _ in range(3)]
+    session.mount(BASE_URL, adapters[0])
+    assert session.get_adapter(url) is adapters[0]
+    session.mount(BASE_URL, adapters[1])
+    assert session.get_adapter(url) is adapters[1]
+    session.mount(f"{BASE_URL}/api/", adapters[2])
+    assert session.get_adapter(url) is adapters[2] and session.get_adapter(f"{BASE_URL}/other") is adapters[1]
+
+
+class EchoAdapter(BaseAdapter):
+    """An adapter that is no InProcessAdapter: answers 200 with the request's path."""
+
+    def send(self, request, **kwargs):
+        response = requests.Response()
+        response.status_code, response.url, response.request = 200, request.url, request
+        response.raw = io.BytesIO(request.path_url.encode())
+        return response
+
+    def close(self):
+        pass
+
+
+def test_a_call_to_another_adapter_goes_through_session_send():
+    answers = {}
+    for kind in SESSIONS:
+        session = SESSIONS[kind]()
+        session.mount(BASE_URL, EchoAdapter())
+        with mock.patch.object(requests.Session, "send", autospec=True, side_effect=requests.Session.send) as send:
+            response = session.get(f"{BASE_URL}/api/health", params={"a": "1"})
+        assert send.call_count == 1
+        answers[kind] = (response.status_code, response.url, response.content, response.history)
+    assert answers["lean"] == answers["plain"] == (200, f"{BASE_URL}/api/health?a=1", b"/api/health?a=1", [])
 
 
 def redirected(kind: str, allow_redirects: bool) -> tuple:

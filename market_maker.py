@@ -37,7 +37,7 @@ from dotenv.parser import parse_stream
 from eth_account import Account
 
 import standx_api as api
-from standx_ws import FeedStreams, StandXStreams, stream_urls
+from standx_ws import FeedStreams, PriceUpdate, StandXStreams, stream_urls
 from alerts import AlertConfig, AlertConfigError, Alerter, load_alert_config
 from standx_auth import (DEFAULT_AUTH_BASE_URL, DEFAULT_PERPS_BASE_URL, AuthError, Clock,
                          RateLimitError, RealClock, SignatureExpiredError, StandXAuth, StandXError,
@@ -634,7 +634,7 @@ class OurOrders:
         self.tracked.append(order)
 
     def drop(self, order: OurOrder) -> None:
-        """Not tracked any more: refused at once, or given up on (see give_up)."""
+        """Not tracked any more: its request was refused, so it never reached the book."""
         self.tracked.remove(order)
 
     def mark_stale(self) -> None:
@@ -875,7 +875,7 @@ class MarketMaker:
 
     def __init__(self, config: Config, auth: StandXAuth, clock: Clock | None = None,
                  run_id: str | None = None, state_path: str | None = None,
-                 alerter: Alerter | None = None, streams: StandXStreams | None = None):
+                 alerter: Alerter | None = None, streams: StandXStreams | FeedStreams | None = None):
         self.config = config
         # StandX's streams (standx_ws), or None: every read by REST.
         self.streams = streams
@@ -1194,12 +1194,16 @@ class MarketMaker:
         """The market stream is up, flowing (a price within STREAM_PRICE_MAX_AGE_S) and our
         account is authenticated on it: our orders' and the position's changes reach us as they
         happen. A socket that went quiet is not trusted until it is declared dead."""
-        if self.streams is None:
-            return False
-        state = self.streams.state
-        price = state.latest_price()
-        return (state.connected("market") and state.connected("user") and price is not None
-                and self.clock.monotonic() - price.received_at <= STREAM_PRICE_MAX_AGE_S)
+        return self._fresh_stream_price() is not None and self.streams.state.connected("user")
+
+    def _fresh_stream_price(self) -> PriceUpdate | None:
+        """The market stream's price, if the stream is up and it is at most STREAM_PRICE_MAX_AGE_S old."""
+        if self.streams is None or not self.streams.state.connected("market"):
+            return None
+        price = self.streams.state.latest_price()
+        if price is None or self.clock.monotonic() - price.received_at > STREAM_PRICE_MAX_AGE_S:
+            return None
+        return price
 
     def _take_stream_news(self) -> Market | None:
         """Apply what the streams said since the last pass: a reconnect (everything is read
@@ -1215,11 +1219,8 @@ class MarketMaker:
         self._apply_order_events(state.drain_orders())
         self._apply_outcomes(state.drain_outcomes())
         self._apply_streamed_position(state.latest_position_row())
-        price = state.latest_price()
-        if (price is None or not state.connected("market")
-                or self.clock.monotonic() - price.received_at > STREAM_PRICE_MAX_AGE_S):
-            return None
-        return Market(price.mark, price.best_bid, price.best_ask, price.received_at)
+        price = self._fresh_stream_price()
+        return None if price is None else Market(price.mark, price.best_bid, price.best_ask, price.received_at)
 
     def _apply_order_events(self, rows: list[dict[str, Any]]) -> None:
         """Our orders' changes from the stream, oldest first: visible, partly filled, or over
@@ -1260,12 +1261,10 @@ class MarketMaker:
         except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
             return
         updated_at = exchange_time(row.get("updated_at"))
-        now = self.clock.monotonic()
-        self.streamed_positions = [r for r in self.streamed_positions if now - r[2] < STREAM_POSITION_TRUST_S]
         if updated_at is None or (position, updated_at) == self.last_streamed_row:
             return
         self.last_streamed_row = (position, updated_at)
-        self.streamed_positions.append((position, updated_at, now))
+        self._trusted_streamed_positions().append((position, updated_at, self.clock.monotonic()))
         if (position == 0 or position == self.position
                 or self.position_updated_at is not None and updated_at <= self.position_updated_at):
             return
@@ -1279,8 +1278,7 @@ class MarketMaker:
         stream showed last. Then it changes nothing: no second fill, no open position taken for
         closed. Any other answer is news, even one stamped earlier (the exchange's clock can
         step back): REST stays the truth."""
-        now = self.clock.monotonic()
-        rows = [r for r in self.streamed_positions if now - r[2] < STREAM_POSITION_TRUST_S]
+        rows = self._trusted_streamed_positions()
         if not rows or rows[-1][0] == position:
             return False
         rest_at = self.position_updated_at
@@ -1288,6 +1286,12 @@ class MarketMaker:
         latest_qty, latest_at, _ = rows[-1]
         older_than_open = latest_qty != 0 and (rest_at is None or rest_at < latest_at)
         return replaced or older_than_open
+
+    def _trusted_streamed_positions(self) -> list[tuple[Decimal, float, float]]:
+        """The streamed position rows of the last STREAM_POSITION_TRUST_S (older ones forgotten)."""
+        now = self.clock.monotonic()
+        self.streamed_positions = [r for r in self.streamed_positions if now - r[2] < STREAM_POSITION_TRUST_S]
+        return self.streamed_positions
 
     def _read_balance(self) -> Decimal | None:
         try:
@@ -1621,7 +1625,7 @@ class MarketMaker:
         ends_at = self.clock.monotonic() + CANCEL_CONFIRM_S
         pending = list(cancelled)
         while pending and not self.stop_requested:
-            if self.streams is not None and self.streams_vouch_for_orders():
+            if self.streams_vouch_for_orders():
                 self._apply_order_events(self.streams.state.drain_orders())
                 pending = [o for o in pending if o in self.our.tracked]
             else:
@@ -1632,7 +1636,7 @@ class MarketMaker:
                         self.our.over(order, found, self.clock.monotonic())
             if not pending or self.clock.monotonic() >= ends_at:
                 return
-            if self.streams is not None and self.streams_vouch_for_orders():
+            if self.streams_vouch_for_orders():
                 self.streams.wait_until(ends_at, lambda: self.stop_requested)
             else:
                 self.clock.sleep(CANCEL_POLL_S)

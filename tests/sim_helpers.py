@@ -16,7 +16,8 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from nacl.signing import SigningKey
 
-from standx_sim import Simulator, SyntheticMarket, VirtualClock
+from standx_sim import SimServer, Simulator, SyntheticMarket, VirtualClock
+from standx_sim.clock import WallClock
 
 BASE_URL = "http://standx.sim"
 START_TS = 1_767_657_600.0  # 2026-01-06 00:00 UTC
@@ -46,6 +47,18 @@ def realistic_flat_sim(**kwargs) -> Simulator:
     (random visibility delays with their tail, queue position, StandX's lagging mark, rate
     limits): what the daemon's end-to-end tests run against."""
     return Simulator(VirtualClock(START_TS), flat_market(), **kwargs)
+
+
+def served_quiet_sim() -> tuple[Simulator, SimServer, str]:
+    """A simulator served in real time on a free loopback port (its streams on the same port):
+    a flat market that moves only when a test moves it, orders visible after 50 ms, the mark the
+    mid at once, no rate limits. The simulator, its server (stop it) and its URL."""
+    clock = WallClock()
+    market = SyntheticMarket(start_ts=clock.now(), volatility_bps_per_sqrt_s=0,
+                             spread_usd=(Decimal("0.2"), Decimal("0.2")))
+    sim = Simulator(clock, market, visibility_delay_s=0.05, queue=False, mark="mid", rate_limits=None)
+    server = SimServer(sim)
+    return sim, server, server.start()
 
 
 def jwt_payload(token: str) -> dict:

@@ -19,12 +19,12 @@ from websockets.http11 import Response
 from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
 
-from standx_sim import SimServer, Simulator, SyntheticMarket, VirtualClock
-from standx_sim.clock import WallClock
+from standx_sim import Simulator, SyntheticMarket, VirtualClock
 from standx_sim.exchange import CancelDone, OrderChange
 from standx_sim.streams import (API_PATH, LIFETIME_REASON, MARKET_PATH, PONG_TIMEOUT_CODE, PONG_TIMEOUT_REASON,
                                 VirtualFeed)
-from tests.sim_helpers import BASE_URL, START_TS, SimClient, compact, flat_sim, in_process_client
+from tests.sim_helpers import (BASE_URL, START_TS, SimClient, compact, flat_sim, in_process_client,
+                               served_quiet_sim)
 
 TIMEOUT_S = 5.0
 SYMBOL = "BTC-USD"
@@ -77,12 +77,7 @@ class Served:
     """A quiet market served on a free loopback port: it moves only when a test moves it."""
 
     def __init__(self) -> None:
-        clock = WallClock()
-        market = SyntheticMarket(start_ts=clock.now(), volatility_bps_per_sqrt_s=0,
-                                 spread_usd=(Decimal("0.2"), Decimal("0.2")))
-        self.sim = Simulator(clock, market, visibility_delay_s=0.05, queue=False, mark="mid", rate_limits=None)
-        self.server = SimServer(self.sim)
-        self.url = self.server.start()
+        self.sim, self.server, self.url = served_quiet_sim()
         self.ws_url = self.url.replace("http", "ws", 1)
         self.http = requests.Session()
 

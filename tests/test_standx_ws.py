@@ -18,10 +18,9 @@ import websockets.sync.server
 import standx_api as api
 import standx_ws as ws
 from standx_auth import StandXAuth
-from standx_sim import SimServer, Simulator, SyntheticMarket
-from standx_sim.clock import WallClock
 from standx_sim.simulate import throwaway_key
 from tests.exchange_fakes import FakeClock
+from tests.sim_helpers import served_quiet_sim
 
 SYMBOL = "BTC-USD"
 PRICE_SEQ = itertools.count(1)  # each price frame numbered after the one before, as a socket does
@@ -471,12 +470,7 @@ class Served:
     accounts on it, and the daemon's streams under test, counting their connection attempts."""
 
     def __init__(self) -> None:
-        clock = WallClock()
-        market = SyntheticMarket(start_ts=clock.now(), volatility_bps_per_sqrt_s=0,
-                                 spread_usd=(Decimal("0.2"), Decimal("0.2")))
-        self.sim = Simulator(clock, market, visibility_delay_s=0.05, queue=False, mark="mid", rate_limits=None)
-        self.server = SimServer(self.sim)
-        self.url = self.server.start()
+        self.sim, self.server, self.url = served_quiet_sim()
         self.attempts: list[str] = []
         self.streams: ws.StandXStreams | None = None
 

@@ -39,6 +39,8 @@ from eth_account import Account
 import standx_api as api
 from standx_ws import FeedStreams, PriceUpdate, StandXStreams, stream_urls
 from alerts import AlertConfig, AlertConfigError, Alerter, load_alert_config
+import rewards
+from rewards import DEFAULT_PROGRAMME, PROGRAMMES, RewardMeter, pair_value, tier_label
 from standx_auth import (DEFAULT_AUTH_BASE_URL, DEFAULT_PERPS_BASE_URL, AuthError, Clock,
                          RateLimitError, RealClock, SignatureExpiredError, StandXAuth, StandXError,
                          UnknownOutcomeError, normalize_private_key, sleep_until)
@@ -200,6 +202,8 @@ class Config:
     price_feed: str = "ws"
     ws_stream_url: str = DEFAULT_WS_STREAM_URL
     ws_api_url: str = DEFAULT_WS_API_URL
+    # The maker reward programme the status line estimates (rewards.py).
+    reward_programme: str = DEFAULT_PROGRAMME
 
 
 # ---- configuration -------------------------------------------------------------------------
@@ -212,7 +216,7 @@ KNOWN_SETTINGS = frozenset({
     "MARKET_MAKER_MIN_BPS", "MARKET_MAKER_MAX_BPS", "MARKET_MAKER_BALANCE_THRESHOLD_1",
     "MARKET_MAKER_BALANCE_THRESHOLD_2", "MARKET_MAKER_BALANCE_EXIT", "MARKET_MAKER_CHECK_INTERVAL",
     "MARKET_MAKER_TIME_IN_FORCE", "MARKET_MAKER_REQUOTE", "MARKET_MAKER_STATE_DIR",
-    "MARKET_MAKER_PRICE_FEED", "STANDX_AUTH_BASE_URL", "STANDX_PERPS_BASE_URL",
+    "MARKET_MAKER_PRICE_FEED", "MARKET_MAKER_REWARD_PROGRAMME", "STANDX_AUTH_BASE_URL", "STANDX_PERPS_BASE_URL",
     "STANDX_WS_STREAM_URL", "STANDX_WS_API_URL", "LOG_LEVEL",
     "ALERT_TELEGRAM_BOT_TOKEN", "ALERT_TELEGRAM_CHAT_ID", "ALERT_WEBHOOK_URL",
 })
@@ -331,6 +335,8 @@ def load_config(env: Mapping[str, str]) -> Config:
         price_feed=_choice_setting(env, "MARKET_MAKER_PRICE_FEED", "ws", ("ws", "rest")),
         ws_stream_url=_ws_url_setting(env, "STANDX_WS_STREAM_URL", derived_stream_url),
         ws_api_url=_ws_url_setting(env, "STANDX_WS_API_URL", derived_api_url),
+        reward_programme=_choice_setting(env, "MARKET_MAKER_REWARD_PROGRAMME", DEFAULT_PROGRAMME,
+                                         tuple(sorted(PROGRAMMES))),
     )
 
 
@@ -792,6 +798,23 @@ def reward_summary(uptime: UptimeTracker, now: float) -> str:
     return f"uptime 1h={100 * last_hour:.1f}% hour={100 * this_hour:.1f}% ({tier})"
 
 
+def reward_estimate(meter: RewardMeter | None, config: Config, now: float) -> str:
+    """`reward cmy-2026-08 (estimate, second-hand rules): hour=0.001500MH@1x last=0.001480MH@1x
+    today=0.031200MH`: this hour's projected score and tier, the last whole hour's, and the UTC
+    day's so far, in Maker Hours (weighted two-sided size-time; rewards.py)."""
+    head = f"reward {config.reward_programme} (estimate, second-hand rules)"
+    if meter is None:
+        return f"{head}: no rules for {config.symbol}"
+    hour = int(now // rewards.HOUR_S)
+    this, last = meter.projected_score(hour, now), meter.projected_score(hour - 1, now)
+    return (f"{head}: hour={_score_text(this)} last={_score_text(last)} "
+            f"today={meter.day_so_far(now):.6f}MH")
+
+
+def _score_text(score: rewards.HourScore | None) -> str:
+    return "-" if score is None else f"{score.maker_hours:.6f}MH@{tier_label(score.tier)}"
+
+
 def parse_symbol_rules(rows: Any, symbol: str) -> SymbolRules:
     """Tick, lot, size limits and trading state of the symbol from query_symbol_info."""
     if not isinstance(rows, list):
@@ -928,6 +951,9 @@ class MarketMaker:
         self.last_status_at = self.started_at
         self.status_every_s = STATUS_EVERY_S
         self.uptime = UptimeTracker()
+        programme = PROGRAMMES[config.reward_programme]
+        pair = programme.pairs.get(config.symbol)
+        self.reward = RewardMeter(programme, pair) if pair else None  # None: the programme has no rules for it
         self.stop_requested = False
         self.stop_requested_at = 0.0
         self.stop_reason = ""
@@ -1157,6 +1183,8 @@ class MarketMaker:
         self.market = got["market"]
         self.requote(self.market)
         self.uptime.record(self._hour_time(), self.quoting_both_sides())
+        if self.reward is not None:
+            self.reward.record(self._hour_time(), self.reward_value(self.reward))
         self._maybe_log_status()
         return True
 
@@ -1168,6 +1196,16 @@ class MarketMaker:
         mark = self.market.mark
         return all(any(0 <= distance_bps(side, o.price, mark) <= REWARD_BAND_BPS
                        for o in self.our.resting(side)) for side in SIDES)
+
+    def reward_value(self, meter: RewardMeter) -> float:
+        """The pair's value under the reward programme as this daemon sees it: what is left of
+        each resting quote of ours, by its distance from the last mark (rewards.py)."""
+        if self.market is None:
+            return 0.0
+        mark = float(self.market.mark)
+        quotes = {side: [(rewards.distance_bps(float(o.price), mark), float(self.qty - o.fill_qty_seen))
+                         for o in self.our.resting(side)] for side in SIDES}
+        return pair_value(meter.programme, meter.pair, quotes["buy"], quotes["sell"])
 
     def audit_due(self) -> bool:
         """Time to check the exchange's list for what local state cannot see (strays, orders
@@ -1893,7 +1931,7 @@ class MarketMaker:
         state = {"updated_at": self.clock.wall(), "pid": os.getpid(), "running": not self.stop_requested,
                  "mode": self.mode, "position": str(self.position), "requotes": self.requotes,
                  "fills": self.fills, "uptime": reward_summary(self.uptime, self._hour_time()),
-                 "day": self.day.summary()}
+                 "reward": reward_estimate(self.reward, self.config, self._hour_time()), "day": self.day.summary()}
         try:
             with open(self.state_path + ".tmp", "w", encoding="utf-8") as handle:
                 json.dump(state, handle)
@@ -1912,7 +1950,8 @@ class MarketMaker:
         return (f"status mode={self.mode} mark={mark} {' '.join(sides)} position={self.position} "
                 f"balance={self.balance} requotes={self.requotes} fills={self.fills} "
                 f"req/s={self.auth.requests_sent / elapsed:.2f} feed={self.feed_state()} "
-                f"{reward_summary(self.uptime, self._hour_time())} {self.day.summary()}")
+                f"{reward_summary(self.uptime, self._hour_time())} "
+                f"{reward_estimate(self.reward, self.config, self._hour_time())} {self.day.summary()}")
 
     def feed_state(self) -> str:
         """Where the loop's prices and order news come from now: rest (configured), ws (the
@@ -2049,7 +2088,8 @@ def describe(config: Config) -> str:
     return (f"symbol={config.symbol} qty={config.qty} band={band.target_bps}/{band.min_bps}/"
             f"{band.max_bps}bps thresholds={config.balance_threshold_1}/{config.balance_threshold_2}{floor} "
             f"interval={config.check_interval_s}s tif={config.time_in_force} "
-            f"requote={config.requote_mode} feed={config.price_feed} perps={config.perps_base_url}")
+            f"requote={config.requote_mode} feed={config.price_feed} reward={config.reward_programme} "
+            f"perps={config.perps_base_url}")
 
 
 def install_signal_handlers(maker: MarketMaker) -> None:
@@ -2174,7 +2214,7 @@ def read_state(path: str, now: float) -> str:
         return f"no news for {age_s:.0f} s (stopped or stuck?); last: {state.get('uptime')}"
     return (f"running (pid {state.get('pid')}, {age_s:.0f} s ago): mode {state.get('mode')}, "
             f"{state.get('uptime')}, requotes {state.get('requotes')}, fills {state.get('fills')}; "
-            f"{state.get('day')}")
+            f"{state.get('reward')}; {state.get('day')}")
 
 
 def arm_hard_stop() -> None:
@@ -2227,7 +2267,8 @@ def simulate(config: Config, args: argparse.Namespace) -> int:
         print(f"the simulator lists {', '.join(SYMBOLS)}: set MARKET_MAKER_SYMBOL to one of them to simulate "
               f"(got {config.symbol})", file=sys.stderr)
         return EXIT_CONFIG
-    sim = Simulator(WallClock(), market, meter_qty=config.qty, symbol=config.symbol)
+    sim = Simulator(WallClock(), market, meter_qty=config.qty, symbol=config.symbol,
+                    reward_programme=PROGRAMMES[config.reward_programme])
     server = SimServer(sim)
     url = server.start()
     stream_url, api_url = stream_urls(url)
@@ -2240,7 +2281,7 @@ def simulate(config: Config, args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         code = maker.run(duration_s=args.duration)
-        report = run_report(sim, auth.address, maker.requotes, time.monotonic() - started)
+        report = run_report(sim, auth.address, maker.requotes, time.monotonic() - started, config.reward_programme)
     finally:
         server.stop()
     write_report(report, args.report_json)
@@ -2250,11 +2291,13 @@ def simulate(config: Config, args: argparse.Namespace) -> int:
 
 
 def replay_config(environ: Mapping[str, str], env_file: str | None, requote: str | None, base_url: str,
-                  private_key: str, price_feed: str | None = None) -> Config:
+                  private_key: str, price_feed: str | None = None,
+                  overrides: Mapping[str, str] | None = None) -> Config:
     """The settings for a replay in the simulator: the env file fills in, the environment wins,
     then the wallet key and both base URLs are forced to the simulator's (the stream URLs
     derive from them), and `requote` and `price_feed` (when given) override
-    MARKET_MAKER_REQUOTE and MARKET_MAKER_PRICE_FEED. Raises ConfigError as load_config does."""
+    MARKET_MAKER_REQUOTE and MARKET_MAKER_PRICE_FEED, and `overrides` any setting by name (a
+    sweep's grid). Raises ConfigError as load_config does."""
     env: dict[str, str] = {}
     if env_file is not None:
         if not os.path.isfile(env_file):
@@ -2269,6 +2312,7 @@ def replay_config(environ: Mapping[str, str], env_file: str | None, requote: str
         env["MARKET_MAKER_REQUOTE"] = requote
     if price_feed is not None:
         env["MARKET_MAKER_PRICE_FEED"] = price_feed
+    env.update(overrides or {})
     return load_config(env)
 
 

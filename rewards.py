@@ -220,29 +220,40 @@ class RewardMeter:
         self._last = (now, value)
 
     def hour_score(self, hour: int) -> HourScore:
-        """The score of a whole hour (by its number: epoch // 3600)."""
+        """The score of a whole hour (by its number: epoch // 3600); time not recorded counts as
+        not quoting."""
         return score_hour(self.programme, self.pair, self.hours.get(hour, HourTally()))
 
-    def projected_score(self, now: float) -> HourScore | None:
-        """The current hour's score if the rest of it goes as the observed part did (None
-        before anything was observed in it)."""
-        hour = int(now // HOUR_S)
+    def projected_score(self, hour: int, now: float) -> HourScore | None:
+        """The hour's score if what is left of it at `now` goes as its recorded part did (the
+        whole hour's score once it is over); None before anything was recorded in it."""
         tally = self.hours.get(hour)
         if tally is None or tally.observed_s <= 0:
             return None
-        remaining = (hour + 1) * HOUR_S - now
+        remaining = max(0.0, (hour + 1) * HOUR_S - now)
         return score_hour(self.programme, self.pair, tally.scaled((tally.observed_s + remaining) / tally.observed_s))
 
+    def earned(self, hour: int, now: float) -> float:
+        """Maker Hours the hour has earned by `now`: its projected score, for the part of it
+        recorded so far."""
+        projected = self.projected_score(hour, now)
+        if projected is None:
+            return 0.0
+        tally = self.hours[hour]
+        remaining = max(0.0, (hour + 1) * HOUR_S - now)
+        return projected.maker_hours * tally.observed_s / (tally.observed_s + remaining)
+
+    def hours_between(self, since: float, until: float) -> list[int]:
+        """The recorded hours from the one holding `since` to the last that starts before `until`."""
+        return sorted(hour for hour in self.hours if int(since // HOUR_S) <= hour and hour * HOUR_S < until)
+
+    def earned_between(self, since: float, until: float, now: float) -> float:
+        """Maker Hours the hours_between(since, until) have earned by `now`."""
+        return sum(self.earned(hour, now) for hour in self.hours_between(since, until))
+
     def day_so_far(self, now: float) -> float:
-        """Maker Hours of the UTC day so far: its finished hours, and the current one's projected
-        score for the part of it that has passed."""
-        hour = int(now // HOUR_S)
-        first = hour - hour % 24
-        total = sum(self.hour_score(h).maker_hours for h in self.hours if first <= h < hour)
-        current = self.projected_score(now)
-        if current is not None:
-            total += current.maker_hours * (now - hour * HOUR_S) / HOUR_S
-        return total
+        """Maker Hours of the UTC day so far."""
+        return self.earned_between(now - now % (24 * HOUR_S), now, now)
 
 
 def tier_label(tier: Tier | None) -> str:

@@ -99,8 +99,8 @@ def summary_rows(results: dict[Column, dict], mark: str) -> list[tuple[str, list
 
     return [
         ("uptime_pct (two-sided, time-weighted)", [t["uptime_pct"] for t in cols]),
-        ("hours in the 1.0x tier", [f'{t["boosted_hours"]}/{t["hours"]}' for t in cols]),
-        ("maker_hours (sum)", [t["maker_hours"] for t in cols]),
+        ("hours in the 1.0x tier", [f'{t["tier_1x_hours"]}/{t["hours"]}' for t in cols]),
+        ("maker_hours (sum; the reward programme's score)", [t["maker_hours"] for t in cols]),
         ("fills_per_hour", [t["fills_per_hour"] for t in cols]),
         ("partial_fills_per_hour", [t["partial_fills_per_hour"] for t in cols]),
         ("post_only_rejects_per_hour", [t["post_only_rejects_per_hour"] for t in cols]),

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from market_maker import number_argument
+from rewards import DEFAULT_PROGRAMME, PROGRAMMES
 from . import record
 from .clock import WallClock
 
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "default) or mid (the rounded mid at once: gentler than StandX)")
     backtest.add_argument("--requote", choices=("replace", "cancel_first"), default=None,
                           help="override MARKET_MAKER_REQUOTE")
+    backtest.add_argument("--programme", choices=sorted(PROGRAMMES), default=None,
+                          help="overrides MARKET_MAKER_REWARD_PROGRAMME: the reward programme the figures "
+                               f"score (default {DEFAULT_PROGRAMME}; rewards.py, second-hand rules)")
     backtest.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON here")
     backtest.add_argument("--env-file", metavar="PATH", default=None,
                           help="settings file; fills in what the environment does not set")
@@ -204,7 +208,7 @@ def backtest_command(args: argparse.Namespace) -> int:
         market = preset.description()
     try:
         config = mm.replay_config(os.environ, args.env_file, args.requote, bt.SIM_URL, bt.throwaway_private_key(),
-                                  price_feed=args.price_feed)
+                                  price_feed=args.price_feed, overrides=programme_override(args.programme))
         if config.symbol != SymbolSpec.symbol:
             raise mm.ConfigError("MARKET_MAKER_SYMBOL", f"the backtest's markets are {SymbolSpec.symbol} only "
                                                         f"(got {config.symbol})")
@@ -212,7 +216,8 @@ def backtest_command(args: argparse.Namespace) -> int:
             bt.check_prefix(prefix)
         daemon = partial(mm.daemon_on, config, run_id=bt.RUN_ID)
         hours = bt.run_hours(sources, daemon, config.qty, args.latency_ms, args.max_seconds, args.jobs,
-                             mark=args.mark, feed_latency_ms=args.feed_latency_ms)
+                             mark=args.mark, feed_latency_ms=args.feed_latency_ms,
+                             programme=PROGRAMMES[config.reward_programme])
     except mm.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -222,7 +227,7 @@ def backtest_command(args: argparse.Namespace) -> int:
     settings = {"market": market, "latency_ms": args.latency_ms, "requote": config.requote_mode, "qty": config.qty,
                 "band_bps": [config.band.target_bps, config.band.min_bps, config.band.max_bps],
                 "check_interval_s": config.check_interval_s, "time_in_force": config.time_in_force,
-                "max_seconds": args.max_seconds, "snapshots_per_hour": bt.SNAPSHOTS_PER_HOUR, "mark": args.mark,
+                "max_seconds": args.max_seconds, "reward_programme": config.reward_programme, "mark": args.mark,
                 "price_feed": config.price_feed, "feed_latency_ms": args.feed_latency_ms}
     data = bt.report(hours, settings)
     print(f"market: {market}\n")
@@ -230,6 +235,10 @@ def backtest_command(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(bt.report_json(data))
     return 1 if data["total"]["exit_code"] else 0
+
+
+def programme_override(programme: str | None) -> dict[str, str]:
+    return {} if programme is None else {"MARKET_MAKER_REWARD_PROGRAMME": programme}
 
 
 def _market(args: argparse.Namespace, clock: WallClock) -> Market:

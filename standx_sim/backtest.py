@@ -19,9 +19,12 @@ Report keys (per hour and in total):
     uptime_pct           time with a live buy and a live sell, each >= qty and within 10 bps of
                          the mark, as % of the time from the daemon's login to the end of its stop
                          (total: time-weighted)
-    maker_hours          Uptime Program score of the hour (standx_api.md 7.1), from
-                         SNAPSHOTS_PER_HOUR random snapshot moments over the simulated span
-    boosted_hours        1 when >= 70 % of the snapshots were two-sided (value > 0), else 0
+    maker_hours          the reward programme's score of the hour (rewards.py; second-hand
+                         rules), scored by the simulator at every change: weighted two-sided
+                         size-time in Maker Hours (with --max-seconds: the hour's projected score
+                         for the part simulated)
+    maker_hours_per_hour  maker_hours per hour simulated
+    tier_1x_hours, tier_half_hours  1 when the hour's two-sided time reached the 1.0x (0.5x) tier
     fills, fills_per_hour  fills of our quotes (maker fills); taker_fills = our closing orders
     partial_fills(_per_hour)  maker fills that left part of the order resting
     orders_placed        orders the exchange accepted (quotes and closes)
@@ -51,7 +54,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import time
 from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal
@@ -61,8 +63,10 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 import requests
 
+from rewards import DEFAULT_PROGRAMME, PROGRAMMES, Programme
+
 from .clock import Clock, VirtualClock
-from .figures import run_figures
+from .figures import reward_figures, run_figures
 from .market import Market, RecordedMarket
 from .presets import PRESETS
 from .simulator import Simulator
@@ -73,15 +77,11 @@ SIM_URL = "http://standx.sim"
 RUN_ID = "bt0001"
 HOUR_S = 3600
 SYNTHETIC_START_TS = 1_767_657_600.0  # 2026-01-06 00:00 UTC, where seed 0's synthetic hour starts
-SNAPSHOTS_PER_HOUR = 120
-SNAPSHOT_SIDE_CAP = Decimal(2)  # BTC-USD: each side counts up to 2 BTC
-SIZE_DIVISOR = Decimal(2)  # Maker Hours are measured in units of 2 BTC
-BOOSTED_SHARE, STANDARD_SHARE = 70, 50  # % of snapshots
 TIMING_FIELDS = ("wall_s", "speedup")
 TIMING_NOTE = "wall_s and speedup are the only timing-dependent fields; all others are identical for the same inputs"
 DECIMALS = 6
 
-FIGURES = ("uptime_pct", "maker_hours", "boosted_hours", "fills", "fills_per_hour", "partial_fills",
+FIGURES = ("uptime_pct", "maker_hours", "maker_hours_per_hour", "tier_1x_hours", "tier_half_hours", "fills", "fills_per_hour", "partial_fills",
            "taker_fills", "orders_placed", "post_only_rejects", "rejected_in_matching", "requotes", "requests",
            "requests_per_s", "rate_limited", "pnl", "fees", "max_orders_per_side", "sim_seconds", "wall_s",
            "speedup", "exit_code")
@@ -103,39 +103,6 @@ class Daemon(Protocol):
 # stream feed (the simulator's streams in virtual time, for a daemon that listens to them): the
 # daemon and the wallet address it logs in with.
 DaemonFactory = Callable[[requests.Session, Clock, VirtualFeed], tuple[Daemon, str]]
-
-
-# ---- scoring (pure) -------------------------------------------------------------------------
-
-def value_met_in_share(values: Sequence[Decimal], share_pct: int) -> Decimal:
-    """The largest value met or exceeded in at least share_pct % of the snapshots."""
-    if not values:
-        return Decimal(0)
-    needed = -(-len(values) * share_pct // 100)  # ceil, in integers
-    return sorted(values, reverse=True)[needed - 1]
-
-
-def maker_hours(values: Sequence[Decimal], cap: Decimal = SNAPSHOT_SIDE_CAP) -> Decimal:
-    """Maker Hours of one hour from its snapshot values, min(bid size, ask size) each.
-
-    X70 / X50 = the value met in 70 % / 50 % of snapshots (each capped at `cap`);
-    Maker Hours = max(X70 / 2 * 1.0, X50 / 2 * 0.5).
-    """
-    capped = [min(Decimal(v), cap) for v in values]
-    x70 = value_met_in_share(capped, BOOSTED_SHARE)
-    x50 = value_met_in_share(capped, STANDARD_SHARE)
-    return max(x70 / SIZE_DIVISOR, x50 / SIZE_DIVISOR * Decimal("0.5"))
-
-
-def is_boosted(values: Sequence[Decimal]) -> bool:
-    """At least 70 % of the snapshots found both sides quoted (value > 0)."""
-    return bool(values) and sum(v > 0 for v in values) * 100 >= BOOSTED_SHARE * len(values)
-
-
-def snapshot_times(start_ts: float, span_s: float, count: int = SNAPSHOTS_PER_HOUR) -> list[float]:
-    """count moments drawn uniformly over [start_ts, start_ts + span_s), seeded by the start second."""
-    rng = random.Random(int(start_ts))
-    return sorted(start_ts + rng.random() * span_s for _ in range(count))
 
 
 # ---- configuration --------------------------------------------------------------------------
@@ -195,9 +162,9 @@ def replay_session(adapter: InProcessAdapter, lean: bool = True) -> requests.Ses
 
 def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Decimal, latency_ms: float = 150.0,
              max_seconds: float | None = None, lean: bool = True, mark: str = "standx",
-             feed_latency_ms: float = 50.0) -> dict:
+             feed_latency_ms: float = 50.0, programme: Programme | None = PROGRAMMES[DEFAULT_PROGRAMME]) -> dict:
     """Replay one hour with the daemon the factory builds; the hour's figures (see the module
-    docstring). meter_qty: the smallest quote that counts for uptime (the daemon's order size);
+    docstring), its reward scored under `programme`. meter_qty: the smallest quote that counts for uptime (the daemon's order size);
     lean: the daemon's Session is an InProcessSession (see replay_session); mark: the
     simulator's mark model ("standx", StandX's lagging mark, or "mid"); feed_latency_ms: how
     long a stream message takes to reach the daemon (streams.VirtualFeed)."""
@@ -208,30 +175,27 @@ def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Deci
     if max_seconds is not None:
         duration_s = min(duration_s, max_seconds)
     clock = VirtualClock(start_ts)
-    sim = Simulator(clock, market=market, meter_qty=meter_qty, mark=mark)
-    sim.exchange.schedule_snapshots(snapshot_times(start_ts, duration_s))
+    sim = Simulator(clock, market=market, meter_qty=meter_qty, mark=mark, reward_programme=programme)
 
     feed = VirtualFeed(sim, clock, latency_s=feed_latency_ms / 1000)
     maker, address = daemon(replay_session(sim.adapter(latency_s=latency_ms / 1000), lean), clock, feed)
     exit_code = maker.run(duration_s=duration_s)
 
     metrics = sim.exchange.metrics(address)
-    snapshots = sim.exchange.snapshot_values(address)
     sim_seconds = clock.now() - start_ts
     figures = run_figures(sim, address, sim_seconds, maker.requotes)
+    reward = reward_figures(sim, address, start_ts, start_ts + duration_s, duration_s)
     wall_s = time.perf_counter() - wall_started
     return {
         **figures,
+        **reward,
         "hour": name,
         "mark": mark,
         "start_ts": start_ts,
         "exit_code": exit_code,
         "two_sided_s": metrics["two_sided_s"],
         "metered_s": metrics["elapsed_s"],
-        "snapshots": len(snapshots),
-        "two_sided_snapshots": sum(v > 0 for v in snapshots),
-        "maker_hours": maker_hours(snapshots),
-        "boosted_hours": int(is_boosted(snapshots)),
+        "quoted_s": duration_s,
         "fills_per_hour": per_hour(figures["fills"], sim_seconds),
         "partial_fills_per_hour": per_hour(figures["partial_fills"], sim_seconds),
         "post_only_rejects_per_hour": per_hour(figures["post_only_rejects"], sim_seconds),
@@ -242,13 +206,14 @@ def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Deci
 
 def run_hours(sources: Sequence[str | SyntheticHour], daemon: DaemonFactory, meter_qty: Decimal,
               latency_ms: float = 150.0, max_seconds: float | None = None, jobs: int = 1,
-              lean: bool = True, mark: str = "standx", feed_latency_ms: float = 50.0) -> list[dict]:
+              lean: bool = True, mark: str = "standx", feed_latency_ms: float = 50.0,
+              programme: Programme | None = PROGRAMMES[DEFAULT_PROGRAMME]) -> list[dict]:
     """run_hour for each source, the figures in the order of the sources: in this process with
     jobs=1, else on up to `jobs` processes. Each hour starts from nothing but its source, so the
     figures are the same either way; the daemon factory must pickle (a functools.partial of a
     top-level function does)."""
     hour = partial(run_hour, daemon=daemon, meter_qty=meter_qty, latency_ms=latency_ms, max_seconds=max_seconds,
-                   lean=lean, mark=mark, feed_latency_ms=feed_latency_ms)
+                   lean=lean, mark=mark, feed_latency_ms=feed_latency_ms, programme=programme)
     workers = min(jobs, len(sources))
     if workers <= 1:
         return [hour(source) for source in sources]
@@ -272,8 +237,8 @@ def totals(hours: list[dict]) -> dict:
         return sum((h[key] for h in hours), type(hours[0][key])(0)) if hours else 0
 
     sim_seconds, wall_s = total("sim_seconds"), total("wall_s")
-    result = {key: total(key) for key in ("two_sided_s", "metered_s", "snapshots", "two_sided_snapshots",
-                                           "maker_hours", "boosted_hours", "fills", "partial_fills",
+    result = {key: total(key) for key in ("two_sided_s", "metered_s", "quoted_s", "maker_hours", "tier_1x_hours",
+                                           "tier_half_hours", "fills", "partial_fills",
                                            "taker_fills", "orders_placed", "post_only_rejects",
                                            "rejected_in_matching", "requotes", "requests", "rate_limited",
                                            "pnl", "fees")}
@@ -281,6 +246,7 @@ def totals(hours: list[dict]) -> dict:
         "hours": len(hours),
         "exit_code": max((h["exit_code"] for h in hours), default=0),
         "uptime_pct": percent(result["two_sided_s"], result["metered_s"]),
+        "maker_hours_per_hour": per_hour(result["maker_hours"], result["quoted_s"]),
         "fills_per_hour": per_hour(result["fills"], sim_seconds),
         "partial_fills_per_hour": per_hour(result["partial_fills"], sim_seconds),
         "post_only_rejects_per_hour": per_hour(result["post_only_rejects"], sim_seconds),
@@ -314,6 +280,8 @@ def report_json(data: dict) -> str:
 
 def format_figure(value) -> str:
     if isinstance(value, float):
+        if 0 < abs(value) < 0.01:  # Maker Hours of a small quote: 0.0015, not 0.0015 rounded to 0.0014
+            return f"{value:.6f}"
         return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.2f}"
     return str(value)
 

@@ -79,11 +79,10 @@ cl_ord_id is refused as a duplicate only while its order is pending, resting or 
 
 Metering (per account, integrated exactly between events): the time with a live buy and a live
 sell each of remaining qty >= meter_qty and within 10 bps of the mark (inclusive), from the
-account's first appearance (its login) to now; see metrics(). Maker-hour snapshots
-(schedule_snapshots): at each scheduled moment, taken in time order with the other events (after
-everything at the same instant), every account records min(eligible buy size, eligible sell
-size), where a side's eligible size is the total remaining qty of its live orders within 10 bps
-of the mark; see snapshot_values().
+account's first appearance (its login) to now; see metrics(). With a reward programme
+(rewards.py), every change of an account's orders or of the mark also records the pair's value
+under it (its live orders' remaining qty, weighted by distance from the mark) on the account's
+RewardMeter: the programme's score at tick level; see reward_meter().
 
 Listeners (add_listener; the streams of streams.py) are told what changed as it happens, in
 engine order, as listener(kind, t, payload) with t the engine time of the change:
@@ -108,6 +107,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Callable, NamedTuple
+
+from rewards import Programme, RewardMeter, distance_bps, pair_value
 
 from .clock import Clock
 from .delays import FixedTiming, StandXTiming, Timing
@@ -225,8 +226,7 @@ class Meter:
     # Longest continuous time with two or more live orders on one side: a duplicate, unless brief.
     max_double_s: dict[str, float] = field(default_factory=lambda: {"buy": 0.0, "sell": 0.0})
     _double_since: dict[str, float | None] = field(default_factory=lambda: {"buy": None, "sell": None})
-    snapshots_before_open: int = 0  # maker-hour snapshots taken before this account existed
-    snapshots: list[Decimal] = field(default_factory=list)  # one value per snapshot since then
+    reward: RewardMeter | None = None  # with a reward programme that covers the symbol
 
     def set_flags(self, t: float, buy: bool, sell: bool) -> None:
         for key, on in (("buy", buy), ("sell", sell), ("both", buy and sell)):
@@ -325,7 +325,7 @@ class Exchange:
     def __init__(self, clock: Clock, market: Market, *, default_balance: Decimal | None = Decimal("1000"),
                  visibility_delay_s: float | None = None, meter_qty: Decimal = Decimal(0),
                  spec: SymbolSpec = SymbolSpec(), queue: bool = True, seed: int = 0, mark: str = "standx",
-                 mark_params: MarkParams | None = None) -> None:
+                 mark_params: MarkParams | None = None, reward_programme: Programme | None = None) -> None:
         self.spec = spec
         self.clock_skew_s = 0.0
         self.activation_delay_s: float | None = None  # a fixed delay for orders accepted from now on
@@ -336,6 +336,8 @@ class Exchange:
         self._timing: Timing = StandXTiming(seed) if visibility_delay_s is None else FixedTiming(visibility_delay_s)
         self._queue = queue
         self._meter_qty = meter_qty
+        self._reward = reward_programme
+        self._reward_pair = reward_programme.pairs.get(spec.symbol) if reward_programme else None
         self._t = clock.now()
         self._data_offset = market.start_ts - self._t
         self._book = market.book_at(market.start_ts)
@@ -346,8 +348,6 @@ class Exchange:
         self._accounts: dict[str, Account] = {}
         self._pending: list[tuple[float, int, str, Order]] = []  # (time, seq, kind, order) heap
         self._seq = itertools.count()
-        self._snapshot_times: list[float] = []  # sorted; those before _snapshots_taken are done
-        self._snapshots_taken = 0
         self._order_ids = itertools.count(1)
         self._fill_ids = itertools.count(1)
         self._position_ids = itertools.count(1)
@@ -368,16 +368,13 @@ class Exchange:
         trades = self._market.trades_between(self._t + off, end + off)
         books = self._market.book_changes_between(self._t + off, end + off)
         i = j = 0
-        snaps = self._snapshot_times
         while True:
             t_trade = trades[i].ts - off if i < len(trades) else math.inf
             t_book = books[j].ts - off if j < len(books) else math.inf
             t_engine = self._pending[0][0] if self._pending and self._pending[0][0] <= end else math.inf
             t_mark = self._marks.next_update()
             t_mark = t_mark if t_mark <= end else math.inf
-            k = self._snapshots_taken
-            t_snap = snaps[k] if k < len(snaps) and snaps[k] <= end else math.inf
-            t = min(t_trade, t_book, t_mark, t_engine, t_snap)
+            t = min(t_trade, t_book, t_mark, t_engine)
             if t == math.inf:
                 break
             self._t = min(max(t, self._t), end)  # data-time round trips can be off by a float ulp
@@ -389,11 +386,9 @@ class Exchange:
                 j += 1
             elif t_mark == t:
                 self._on_mark_tick(t)
-            elif t_engine == t:
+            else:
                 _, _, kind, order = heapq.heappop(self._pending)
                 self._on_engine_event(kind, order)
-            else:
-                self._take_snapshot()
         self._t = end
 
     def _stamp(self) -> float:
@@ -605,8 +600,11 @@ class Exchange:
         key = address.lower()
         acct = self._accounts.get(key)
         if acct is None:
-            acct = Account(key, self._default_balance, self.spec.def_leverage,
-                           Meter(since=self._t, snapshots_before_open=self._snapshots_taken))
+            meter = Meter(since=self._t)
+            if self._reward and self._reward_pair:
+                meter.reward = RewardMeter(self._reward, self._reward_pair)
+                meter.reward.record(self._t, 0.0)
+            acct = Account(key, self._default_balance, self.spec.def_leverage, meter)
             self._accounts[key] = acct
             log.info("account %s opened with balance %s", key, acct.balance)
         return acct
@@ -944,34 +942,23 @@ class Exchange:
                 if o.remaining >= self._meter_qty and self._in_band(o.price):
                     ok[o.side] = True
             acct.meter.set_flags(self._t, ok["buy"], ok["sell"])
+            if acct.meter.reward is not None:
+                self._record_reward(acct)
 
-    def schedule_snapshots(self, times: list[float]) -> None:
-        """Take a maker-hour snapshot at each of these clock times (see the module docstring).
+    def _record_reward(self, acct: Account) -> None:
+        """The pair's value under the reward programme from now on (see rewards.py)."""
+        mark = float(self._mark)
+        quotes: dict[str, list[tuple[float, float]]] = {"buy": [], "sell": []}
+        for o in acct.live.values():
+            quotes[o.side].append((distance_bps(float(o.price), mark), float(o.remaining)))
+        acct.meter.reward.record(self._t, pair_value(self._reward, self._reward_pair, quotes["buy"], quotes["sell"]))
 
-        Times already passed are refused: a snapshot must see the state at its moment.
-        """
-        self.advance()
-        times = sorted(float(t) for t in times)
-        if times and times[0] < self._t:
-            raise ValueError(f"snapshot time {times[0]} is before the engine's time {self._t}")
-        pending = self._snapshot_times[self._snapshots_taken:]
-        self._snapshot_times = self._snapshot_times[:self._snapshots_taken] + sorted(pending + times)
-
-    def _take_snapshot(self) -> None:
-        self._snapshots_taken += 1
-        for acct in self._accounts.values():
-            eligible = {side: Decimal(0) for side in SIDES}
-            for o in acct.live.values():
-                if self._in_band(o.price):
-                    eligible[o.side] += o.remaining
-            acct.meter.snapshots.append(min(eligible["buy"], eligible["sell"]))
-
-    def snapshot_values(self, address: str) -> list[Decimal]:
-        """One value per snapshot taken so far: min(eligible buy, eligible sell) of this account
-        (0 for snapshots taken before the account existed). Uncapped: capping each side at C is
-        the same as capping this minimum at C."""
+    def reward_meter(self, address: str) -> RewardMeter | None:
+        """The account's reward tally up to now (None without a programme covering the symbol)."""
         acct = self._known(address)
-        return [Decimal(0)] * acct.meter.snapshots_before_open + list(acct.meter.snapshots)
+        if acct.meter.reward is not None:
+            self._record_reward(acct)
+        return acct.meter.reward
 
     def metrics(self, address: str) -> dict:
         """Counters and uptime of one account since its first appearance.

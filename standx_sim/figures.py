@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rewards import HOUR_S
+
 from .simulator import Simulator
 
 
@@ -34,3 +36,22 @@ def run_figures(sim: Simulator, address: str, sim_seconds: float, requotes: int)
         "max_orders_per_side": max(metrics["max_live_orders"].values(), default=0),
         "sim_seconds": sim_seconds,
     }
+
+
+def reward_figures(sim: Simulator, address: str, since: float, until: float, sim_seconds: float) -> dict[str, Any]:
+    """The run's reward under the simulator's programme (rewards.py), scored at every change of
+    the account's orders or the mark, over the clock hours from the one holding `since` to the
+    last that starts before `until`: Maker Hours earned (an hour still under way counts its
+    projected score for the part simulated), per simulated hour, and the hours whose two-sided
+    time reached (or is on track for) the 1.0x and the 0.5x tier."""
+    meter = sim.exchange.reward_meter(address)
+    if meter is None:
+        return {"maker_hours": 0.0, "maker_hours_per_hour": 0.0, "tier_1x_hours": 0, "tier_half_hours": 0}
+    now = sim.clock.now()
+    earned = meter.earned_between(since, until, now)
+    scores = [meter.projected_score(hour, now) for hour in meter.hours_between(since, until)]
+    multipliers = [score.tier.multiplier for score in scores if score is not None and score.tier is not None]
+    return {"maker_hours": earned,
+            "maker_hours_per_hour": earned * HOUR_S / sim_seconds if sim_seconds > 0 else 0.0,
+            "tier_1x_hours": sum(m >= 1.0 for m in multipliers),
+            "tier_half_hours": sum(0 < m < 1.0 for m in multipliers)}

@@ -10,7 +10,7 @@ from typing import Any
 
 from eth_account import Account
 
-from .figures import run_figures
+from .figures import reward_figures, run_figures
 from .market import Market, RecordedMarket
 from .simulator import Simulator
 
@@ -28,11 +28,16 @@ def load_market(prefixes: list[str] | None) -> Market | None:
     return RecordedMarket(prefixes) if prefixes else None
 
 
-def run_report(sim: Simulator, address: str, requotes: int, wall_s: float) -> dict[str, Any]:
-    """The run's figures, rounded for reading, plus what is left open at the end."""
-    figures = run_figures(sim, address, float(sim.exchange.metrics(address)["elapsed_s"]), requotes)
+def run_report(sim: Simulator, address: str, requotes: int, wall_s: float, programme: str) -> dict[str, Any]:
+    """The run's figures, rounded for reading (its reward, under `programme`, to 6 places), plus
+    what is left open at the end."""
+    sim_seconds = float(sim.exchange.metrics(address)["elapsed_s"])
+    figures = run_figures(sim, address, sim_seconds, requotes)
+    now = sim.clock.now()
+    reward = reward_figures(sim, address, now - sim_seconds, now, sim_seconds)
     return {**{key: round(value, 3) if isinstance(value, float) else value for key, value in figures.items()},
-            "pnl": str(figures["pnl"]), "fees": str(figures["fees"]),
+            **{key: round(value, 6) if isinstance(value, float) else value for key, value in reward.items()},
+            "reward_programme": programme, "pnl": str(figures["pnl"]), "fees": str(figures["fees"]),
             "open_orders_at_end": len(sim.exchange.open_orders(address)), "wall_s": round(wall_s, 3)}
 
 
@@ -42,7 +47,10 @@ def summary(report: dict[str, Any]) -> str:
             f"{report['taker_fills']} closes), {report['orders_placed']} orders, "
             f"{report['post_only_rejects']} post-only rejects, {report['requotes']} requotes, "
             f"{report['requests_per_s']:.2f} requests/s ({report['rate_limited']} refused with 429), "
-            f"pnl {report['pnl']}, fees {report['fees']}, {report['open_orders_at_end']} open orders at the end")
+            f"pnl {report['pnl']}, fees {report['fees']}, {report['open_orders_at_end']} open orders at the end; "
+            f"reward under {report['reward_programme']} (an estimate: second-hand rules) "
+            f"{report['maker_hours']:.6f} Maker Hours ({report['maker_hours_per_hour']:.6f} an hour; hours at "
+            f"1.0x: {report['tier_1x_hours']}, at 0.5x: {report['tier_half_hours']})")
 
 
 def write_report(report: dict[str, Any], path: str) -> None:

@@ -6,6 +6,8 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+from rewards import DEFAULT_PROGRAMME, PROGRAMMES, Programme
+
 from .api import Api
 from .clock import Clock
 from .exchange import POSITION_HISTORY_S, Exchange
@@ -47,19 +49,21 @@ class Simulator:
     Orders and cancels take StandX-like random delays (delays.py, seeded by ``seed``) unless
     ``visibility_delay_s`` fixes one; resting orders queue behind the recorded volume at their
     price unless ``queue`` is False (the fill model in exchange.py). The mark price follows
-    StandX's formula and lags the book (mark.py) unless ``mark`` is "mid".
+    StandX's formula and lags the book (mark.py) unless ``mark`` is "mid". Every account's quotes
+    are scored under ``reward_programme`` (rewards.py; None: not scored) at every change.
     """
 
     def __init__(self, clock: Clock, market: Market | None = None, default_balance: Decimal | None = Decimal("1000"),
                  visibility_delay_s: float | None = None, meter_qty: Decimal = Decimal("0"), seed: int = 0,
                  compress: bool = True, queue: bool = True, rate_limits: RateLimitParams | None = DEFAULT_RATE_LIMITS,
-                 symbol: str = "BTC-USD", mark: str = "standx") -> None:
+                 symbol: str = "BTC-USD", mark: str = "standx",
+                 reward_programme: Programme | None = PROGRAMMES[DEFAULT_PROGRAMME]) -> None:
         spec = listed(symbol)
         self.clock = clock
         self.market = market if market is not None else synthetic_market(spec, seed, clock.now())
         self.exchange = Exchange(clock, self.market, default_balance=default_balance,
                                  visibility_delay_s=visibility_delay_s, meter_qty=meter_qty, spec=spec,
-                                 queue=queue, seed=seed, mark=mark)
+                                 queue=queue, seed=seed, mark=mark, reward_programme=reward_programme)
         self.faults = Faults(clock, seed=seed)
         self.api = Api(self.exchange, self.faults, clock, RateLimits(rate_limits) if rate_limits is not None else None)
         self.streams = StreamHub(self.exchange, self.api, clock)

@@ -1,4 +1,4 @@
-"""The backtest: maker-hour scoring, the engine's snapshots, the CLI report, and the benchmark script."""
+"""The backtest: the engine's reward scoring, the CLI report, and the benchmark script."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from market_maker import replay_config
-from standx_sim.backtest import SIM_URL, is_boosted, maker_hours, snapshot_times, throwaway_private_key
+from rewards import HOUR_S, PROGRAMMES
+from standx_sim.backtest import SIM_URL, throwaway_private_key
 from tests.sim_helpers import START_TS, flat_sim, in_process_client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,64 +22,20 @@ DATA_DIR = REPO.parent / "shared" / "market_data"
 CALM_HOUR = DATA_DIR / "BTC-USD_2026-01-06_00"
 needs_data = pytest.mark.skipif(not (DATA_DIR / "BTC-USD_2026-01-06_00.bbo.csv.gz").is_file(),
                                 reason="recorded market data (../shared/market_data) is absent")
-REPORT_KEYS = {"uptime_pct", "maker_hours", "boosted_hours", "fills", "fills_per_hour", "orders_placed",
+REPORT_KEYS = {"uptime_pct", "maker_hours", "maker_hours_per_hour", "tier_1x_hours", "tier_half_hours", "fills", "fills_per_hour", "orders_placed",
                "requotes", "requests", "requests_per_s", "pnl", "fees", "max_orders_per_side",
                "sim_seconds", "wall_s", "speedup", "partial_fills", "post_only_rejects", "rejected_in_matching",
                "rate_limited", "partial_fills_per_hour", "post_only_rejects_per_hour"}
 DELAY_S = 0.25
 QTY = Decimal("0.0010")
+CMY, UPTIME = PROGRAMMES["cmy-2026-08"], PROGRAMMES["uptime-2026-01"]
 
 
-def snapshot_values(share_two_sided: float, value: str = "0.005", n: int = 120) -> list[Decimal]:
-    two_sided = round(n * share_two_sided)
-    return [Decimal(value)] * two_sided + [Decimal(0)] * (n - two_sided)
+# ---- the engine's scoring at every change (rewards.py holds the rules' own cases) ---------------
 
-
-# ---- scoring ----------------------------------------------------------------------------------
-
-def test_all_snapshots_two_sided_at_0_005_score_0_0025_maker_hours():
-    assert maker_hours(snapshot_values(1.0)) == Decimal("0.0025")
-
-
-def test_exactly_70_percent_two_sided_still_earns_the_full_tier():
-    assert maker_hours(snapshot_values(0.7)) == Decimal("0.0025")
-
-
-def test_60_percent_two_sided_earns_the_half_tier_through_x50():
-    assert maker_hours(snapshot_values(0.6)) == Decimal("0.00125")
-
-
-def test_below_50_percent_two_sided_earns_nothing():
-    assert maker_hours(snapshot_values(0.49)) == 0
-
-
-def test_snapshot_values_are_capped_at_2_per_side():
-    assert maker_hours(snapshot_values(1.0, value="3")) == Decimal(1)
-
-
-def test_x70_is_the_value_met_in_70_percent_not_the_mean():
-    values = [Decimal("0.01")] * 30 + [Decimal("0.005")] * 50 + [Decimal(0)] * 20  # 80 % at >= 0.005
-    assert maker_hours(values) == Decimal("0.0025")
-
-
-def test_boosted_needs_70_percent_of_snapshots_two_sided():
-    assert is_boosted(snapshot_values(0.7))
-    assert not is_boosted(snapshot_values(0.69))
-    assert not is_boosted([])
-
-
-def test_snapshot_moments_are_seeded_by_the_start_and_spread_over_the_span():
-    times = snapshot_times(1000.0, 60.0)
-    assert times == snapshot_times(1000.0, 60.0) and times == sorted(times)
-    assert len(times) == 120 and 1000.0 <= times[0] and times[-1] < 1060.0
-    assert times != snapshot_times(2000.0, 60.0)
-
-
-# ---- the engine's snapshots -------------------------------------------------------------------
-
-def quoting(buy: str | None = "94990.0", sell: str | None = "95010.0"):
+def quoting(buy: str | None = "94990.0", sell: str | None = "95010.0", programme=CMY):
     """A flat market (mark 95000.0, band 94905..95095); our quotes go live at START_TS + DELAY_S."""
-    sim = flat_sim(visibility_delay_s=DELAY_S)
+    sim = flat_sim(visibility_delay_s=DELAY_S, reward_programme=programme)
     client = in_process_client(sim)
     for side, price in (("buy", buy), ("sell", sell)):
         if price is not None:
@@ -86,45 +43,54 @@ def quoting(buy: str | None = "94990.0", sell: str | None = "95010.0"):
     return sim, client
 
 
-def test_every_snapshot_of_resting_two_sided_quotes_records_the_qty():
+def tally(sim, client):
+    return sim.exchange.reward_meter(client.address).hours[int(START_TS // HOUR_S)]
+
+
+def test_resting_two_sided_quotes_are_scored_from_the_moment_they_rest():
     sim, client = quoting()
-    sim.exchange.schedule_snapshots([START_TS + 1 + k for k in range(10)])
     sim.clock.sleep(20)
-    assert sim.exchange.snapshot_values(client.address) == [QTY] * 10
+    # 10 USD from 95000 is 1.0526 bps: weight 2.0 - 1.2 x 1.0526 / 5 on each side
+    weight = 2.0 - 1.2 * (10 / 95000 * 10000) / 5
+    hour = tally(sim, client)
+    assert hour.two_sided_s == pytest.approx(20 - DELAY_S)
+    assert hour.value_s == pytest.approx(weight * float(QTY) / 2 * (20 - DELAY_S))
 
 
-def test_a_one_sided_quote_records_zero():
-    sim, client = quoting(sell=None)
-    sim.exchange.schedule_snapshots([START_TS + 1 + k for k in range(10)])
-    sim.clock.sleep(20)
-    assert sim.exchange.snapshot_values(client.address) == [Decimal(0)] * 10
-
-
-def test_a_quote_outside_10_bps_is_not_eligible():
-    sim, client = quoting(buy="94904.9")
-    sim.exchange.schedule_snapshots([START_TS + 5])
+def test_the_farther_side_sets_the_value():
+    sim, client = quoting(buy="94990.0", sell="95050.0")  # 1.05 and 5.26 bps
     sim.clock.sleep(10)
-    assert sim.exchange.snapshot_values(client.address) == [Decimal(0)]
+    weight = 0.8 - 0.4 * (50 / 95000 * 10000 - 5) / 5
+    assert tally(sim, client).value_s == pytest.approx(weight * float(QTY) / 2 * (10 - DELAY_S))
 
 
-def test_snapshots_are_taken_at_their_moment_between_engine_events():
-    sim, client = quoting()
-    sim.exchange.schedule_snapshots([START_TS + DELAY_S - 0.001, START_TS + DELAY_S + 0.001, START_TS + 5.001])
+def test_a_one_sided_quote_scores_nothing():
+    sim, client = quoting(sell=None)
+    sim.clock.sleep(20)
+    assert (tally(sim, client).two_sided_s, tally(sim, client).value_s) == (0, 0)
+
+
+def test_a_quote_outside_10_bps_scores_nothing():
+    sim, client = quoting(buy="94904.9")
+    sim.clock.sleep(10)
+    assert tally(sim, client).two_sided_s == 0
+
+
+def test_a_cancel_ends_the_score_at_the_moment_it_takes_effect():
+    sim, client = quoting(programme=UPTIME)
     sim.clock.sleep(5)
     client.post_signed("/api/cancel_order", {"cl_ord_id": "q-sell"})  # effective at +5.25 s
     sim.clock.sleep(5)  # one jump over all of it
-    assert sim.exchange.snapshot_values(client.address) == [Decimal(0), QTY, QTY]
+    hour = tally(sim, client)
+    assert hour.two_sided_s == pytest.approx(5.0)
+    [(value, seconds)] = hour.seconds_at.items()
+    assert (value, seconds) == (pytest.approx(float(QTY) / 2), pytest.approx(5.0))
 
 
-def test_snapshots_before_an_account_existed_count_as_zero():
-    sim = flat_sim(visibility_delay_s=DELAY_S)
-    sim.exchange.schedule_snapshots([START_TS + 1, START_TS + 30])
-    sim.clock.sleep(10)
-    client = in_process_client(sim)
-    for side, price in (("buy", "94990.0"), ("sell", "95010.0")):
-        client.new_order(side=side, price=price, qty=str(QTY))
-    sim.clock.sleep(30)
-    assert sim.exchange.snapshot_values(client.address) == [Decimal(0), QTY]
+def test_without_a_programme_nothing_is_scored():
+    sim, client = quoting(programme=None)
+    sim.clock.sleep(5)
+    assert sim.exchange.reward_meter(client.address) is None
 
 
 # ---- configuration ----------------------------------------------------------------------------
@@ -192,7 +158,8 @@ def test_a_short_backtest_reports_every_figure_and_repeats_exactly(tmp_path):
         assert 0 < figures["uptime_pct"] <= 100
         assert figures["requests"] > 0 and figures["max_orders_per_side"] >= 1
         assert figures["sim_seconds"] >= 120 and figures["exit_code"] == 0
-    assert hour["hour"] == "BTC-USD_2026-01-06_00" and hour["snapshots"] == 120
+    assert hour["hour"] == "BTC-USD_2026-01-06_00" and hour["maker_hours"] > 0
+    assert report["settings"]["reward_programme"] == "cmy-2026-08"
     assert "uptime_pct" in result.stdout
     assert without_timing(reports[0]) == without_timing(reports[1])
 

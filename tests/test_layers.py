@@ -1,7 +1,8 @@
 """The layers import one way: the simulator's library never imports the daemon.
 
 Only the entry points that compose the two know both: the daemon's --simulate (market_maker.py),
-`python -m standx_sim backtest` (standx_sim/__main__.py) and bench/.
+`python -m standx_sim backtest` and `sweep` (standx_sim/__main__.py) and bench/. Both sides
+import rewards.py, the reward programmes' rules, which imports neither.
 """
 from __future__ import annotations
 
@@ -39,3 +40,7 @@ def test_the_scan_sees_an_import_inside_a_function(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from market_maker import MarketMaker\n")
     assert "market_maker" in imported_modules(module)
+
+
+def test_the_reward_rules_import_neither_side():
+    assert imported_modules(REPO / "rewards.py") & (DAEMON_MODULES | {"standx_sim"}) == set()

@@ -134,11 +134,12 @@ def test_the_projected_score_assumes_the_rest_of_the_hour_goes_as_so_far():
     meter = RewardMeter(CMY, CMY.pairs["BTC-USD"])
     meter.record(HOUR0 + 1200, 0.0015)  # the daemon started at 00:20
     meter.record(HOUR0 + 2400, 0.0015)
-    projected = meter.projected_score(HOUR0 + 2400)
+    projected = meter.projected_score(HOUR0 // HOUR_S, HOUR0 + 2400)
     # 20 unobserved minutes count nothing: 40 quoted minutes at most, short of 42, so 0.5x
     assert projected.tier.multiplier == 0.5
     assert projected.maker_hours == pytest.approx(0.5 * 0.0015 * 40 / 60)
-    assert meter.day_so_far(HOUR0 + 2400) == pytest.approx(projected.maker_hours * 40 / 60)
+    # earned by 00:40: the 20 recorded minutes of the 40 the hour is projected to hold
+    assert meter.day_so_far(HOUR0 + 2400) == pytest.approx(projected.maker_hours * 20 / 40)
 
 
 def test_the_day_so_far_adds_the_days_finished_hours_only():

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from functools import partial
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--verbose", action="store_true", help="show the daemon's INFO log on stderr")
     backtest.set_defaults(run=backtest_command)
     add_record_command(commands)
+    add_sweep_command(commands)
     return parser
 
 
@@ -153,6 +155,139 @@ def add_record_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="PREFIX", help="write PREFIX.bbo.csv.gz and PREFIX.trades.csv.gz")
     parser.add_argument("--url", default=record.DEFAULT_URL, help=f"the market stream (default {record.DEFAULT_URL})")
     parser.set_defaults(run=record_command)
+
+
+def add_sweep_command(commands: argparse._SubParsersAction) -> None:
+    from .sweep import DEFAULT_BANDS, DEFAULT_MAKER_HOUR_VALUE, DEFAULT_REQUOTES
+    parser = commands.add_parser(
+        "sweep", help="backtest a grid of settings and rank them by reward net of costs",
+        description="Runs the backtest for every combination of the settings listed (bands x intervals x feeds x "
+                    "requote modes x sizes) on every hour of the market, in parallel processes, and prints one row "
+                    "per setting, sorted by net value an hour: Maker Hours x --maker-hour-value + PnL - fees. "
+                    "Settings not listed come from the environment and --env-file, as for a live run; * marks "
+                    "that current configuration (added to the grid if the grid lacks it). The output is the "
+                    "same from run to run except its last line (the time taken).")
+    market = parser.add_mutually_exclusive_group()
+    market.add_argument("--presets", type=comma_list, default=["calm", "volatile"], metavar="LIST",
+                        help=f"synthetic presets to replay, one hour each per --hours (default calm,volatile; "
+                             f"known: {','.join(sorted(PRESETS))})")
+    market.add_argument("--market-data", nargs="+", metavar="PREFIX", default=None,
+                        help="recorded hours instead: PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz each")
+    parser.add_argument("--hours", type=number_argument(int, inclusive=False), default=1,
+                        help="synthetic hours of each preset, each with its own seed (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first synthetic hour (default 0)")
+    parser.add_argument("--bands", type=comma_list, default=list(DEFAULT_BANDS), metavar="LIST",
+                        help=f"TARGET/MIN/MAX bps each (default {','.join(DEFAULT_BANDS)})")
+    parser.add_argument("--intervals", type=comma_list, default=None, metavar="LIST",
+                        help="check intervals in seconds (default: MARKET_MAKER_CHECK_INTERVAL's)")
+    parser.add_argument("--feeds", type=comma_list, default=None, metavar="LIST",
+                        help="price feeds, ws and/or rest (default: MARKET_MAKER_PRICE_FEED's)")
+    parser.add_argument("--requotes", type=comma_list, default=list(DEFAULT_REQUOTES), metavar="LIST",
+                        help=f"requote modes (default {','.join(DEFAULT_REQUOTES)})")
+    parser.add_argument("--sizes", type=comma_list, default=None, metavar="LIST",
+                        help="quote sizes (default: MARKET_MAKER_QTY's)")
+    parser.add_argument("--programme", choices=sorted(PROGRAMMES), default=None,
+                        help="overrides MARKET_MAKER_REWARD_PROGRAMME: the reward programme scored "
+                             f"(default {DEFAULT_PROGRAMME}; rewards.py, second-hand rules)")
+    parser.add_argument("--maker-hour-value", type=number_argument(Decimal), default=DEFAULT_MAKER_HOUR_VALUE,
+                        metavar="DUSD", help=f"what one Maker Hour is worth to you, for the net value (default "
+                                             f"{DEFAULT_MAKER_HOUR_VALUE}, an assumption: StandX publishes no rate)")
+    parser.add_argument("--latency-ms", type=number_argument(float), default=150.0,
+                        help="round-trip latency of every request, on the virtual clock (default 150)")
+    parser.add_argument("--feed-latency-ms", type=number_argument(float, inclusive=False), default=50.0,
+                        help="how long a stream message takes to reach the daemon (default 50)")
+    parser.add_argument("--mark", choices=MARK_MODELS, default="standx", help="the simulator's mark price model")
+    parser.add_argument("--max-seconds", type=number_argument(float, inclusive=False), default=None,
+                        help="simulate at most this many seconds of each hour (its figures projected to the hour)")
+    cores = os.cpu_count() or 1
+    parser.add_argument("--jobs", type=number_argument(int, 1), default=cores,
+                        help=f"hours run at once, each in its own process (default: the core count, {cores})")
+    parser.add_argument("--env-file", metavar="PATH", default=None,
+                        help="settings file; fills in what the environment does not set")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--plot", metavar="PATH", default=None,
+                        help="also draw reward against cost as a PNG here (installs matplotlib if missing)")
+    parser.set_defaults(run=sweep_command)
+
+
+def comma_list(value: str) -> list[str]:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    """`python -m standx_sim sweep`: exit 0, 1 (a daemon stop was not clean, or the plot failed)
+    or 2 (bad input)."""
+    import market_maker as mm  # the daemon, only for this command
+    from . import backtest as bt
+    from . import sweep
+    logging.getLogger().setLevel(logging.WARNING)
+    started = time.monotonic()
+    try:
+        sources, market = sweep_sources(args)
+        base = mm.replay_config(os.environ, args.env_file, None, bt.SIM_URL, bt.throwaway_private_key(),
+                                overrides=programme_override(args.programme))
+        if base.symbol != SymbolSpec.symbol:
+            raise mm.ConfigError("MARKET_MAKER_SYMBOL", f"the backtest's markets are {SymbolSpec.symbol} only "
+                                                        f"(got {base.symbol})")
+        current = sweep.Setting(base.band.target_bps, base.band.min_bps, base.band.max_bps,
+                                Decimal(str(base.check_interval_s)), base.price_feed, base.requote_mode, base.qty)
+        settings = sweep.grid(args.bands, args.intervals or [sweep.text(current.interval_s)],
+                              args.feeds or [current.feed], args.requotes, args.sizes or [sweep.text(current.qty)])
+        if current not in settings:
+            settings.append(current)
+        configs = [mm.replay_config(os.environ, args.env_file, None, bt.SIM_URL, bt.throwaway_private_key(),
+                                    overrides={**setting.overrides(), **programme_override(args.programme)})
+                   for setting in settings]
+        factories = [partial(mm.daemon_on, config, run_id=bt.RUN_ID) for config in configs]
+        programme = PROGRAMMES[base.reward_programme]
+        hours = sweep.run_sweep(factories, [c.qty for c in configs], sources, args.jobs, programme,
+                                latency_ms=args.latency_ms, max_seconds=args.max_seconds, mark=args.mark,
+                                feed_latency_ms=args.feed_latency_ms)
+    except mm.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (bt.DataError, sweep.SweepError) as exc:
+        print(f"standx_sim: {exc}", file=sys.stderr)
+        return 2
+    rows = sweep.ranked([sweep.row(setting, runs, args.maker_hour_value, setting == current)
+                         for setting, runs in zip(settings, hours)])
+    value_note = f"1 Maker Hour valued at {sweep.text(args.maker_hour_value)} DUSD (--maker-hour-value; an assumption)"
+    print(f"sweep: {len(settings)} settings x {len(sources)} hours; market: {market}")
+    print(f"reward: {programme.name}, {programme.title}: {programme.source}; an estimate")
+    print(f"net/h = reward/h + pnl/h - fees/h, in DUSD, with {value_note}; * = the current configuration\n")
+    print(sweep.sweep_table(rows))
+    code = 1 if any(r["exit_code"] for r in rows) else 0
+    if args.json:
+        Path(args.json).write_text(bt.report_json(bt.plain(
+            {"market": market, "programme": programme.name, "maker_hour_value": args.maker_hour_value,
+             "rows": rows})))
+    if args.plot:
+        try:
+            sweep.plot(rows, args.plot, f"{market}\n{programme.name}: reward against cost, {len(settings)} settings",
+                       f"{programme.name}, second-hand rules")
+        except sweep.SweepError as exc:
+            print(f"standx_sim: {exc}", file=sys.stderr)
+            code = 1
+    print(f"\ntook {time.monotonic() - started:.1f} s with {args.jobs} processes (timing: the only line that varies)")
+    return code
+
+
+def sweep_sources(args: argparse.Namespace) -> tuple[list, str]:
+    """The hours a sweep replays, and how the report names them."""
+    from . import backtest as bt
+    if args.market_data:
+        for prefix in args.market_data:
+            bt.check_prefix(prefix)
+        return list(args.market_data), "recorded: " + ", ".join(Path(prefix).name for prefix in args.market_data)
+    unknown = [name for name in args.presets if name not in PRESETS]
+    if unknown:
+        raise bt.DataError(f"--presets: unknown preset {unknown[0]!r} (known: {', '.join(sorted(PRESETS))})")
+    sources = [bt.SyntheticHour(name, args.seed + k) for name in args.presets for k in range(args.hours)]
+    return sources, "synthetic presets (not recordings): " + ", ".join(
+        f"{name} x {args.hours} h" for name in args.presets)
 
 
 def record_command(args: argparse.Namespace) -> int:

@@ -1,0 +1,133 @@
+"""`python -m standx_sim sweep`: the grid, the ranking, the frontier, the plot and the command."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from decimal import Decimal
+
+import pytest
+
+from standx_sim import sweep
+from standx_sim.sweep import DEFAULT_BANDS, DEFAULT_REQUOTES, Setting, SweepError, frontier, grid, ranked
+from tests.test_backtest import REPO, clean_env
+
+
+def test_the_default_grid_has_at_least_12_settings_and_the_original_band():
+    settings = grid(DEFAULT_BANDS, ["0.5"], ["ws"], DEFAULT_REQUOTES, ["0.005"])
+    assert len(settings) >= 12
+    assert Setting(Decimal("7.5"), Decimal(7), Decimal(10), Decimal("0.5"), "ws", "replace", Decimal("0.005")) \
+        in settings
+
+
+def test_the_grid_is_every_combination_in_the_order_given_without_repeats():
+    settings = grid(["5/4/6", "7.5/7/10", "5/4/6"], ["0.5", "1"], ["ws"], ["replace"], ["0.005"])
+    assert [s.label for s in settings] == ["5/4/6 bps, 0.5 s, ws, replace, 0.005", "5/4/6 bps, 1 s, ws, replace, 0.005",
+                                           "7.5/7/10 bps, 0.5 s, ws, replace, 0.005",
+                                           "7.5/7/10 bps, 1 s, ws, replace, 0.005"]
+
+
+def test_a_setting_is_the_daemons_own_settings():
+    [setting] = grid(["8.5/8/9.5"], ["1"], ["rest"], ["cancel_first"], ["0.010"])
+    assert setting.overrides() == {"MARKET_MAKER_TARGET_BPS": "8.5", "MARKET_MAKER_MIN_BPS": "8",
+                                   "MARKET_MAKER_MAX_BPS": "9.5", "MARKET_MAKER_CHECK_INTERVAL": "1",
+                                   "MARKET_MAKER_PRICE_FEED": "rest", "MARKET_MAKER_REQUOTE": "cancel_first",
+                                   "MARKET_MAKER_QTY": "0.01"}
+
+
+@pytest.mark.parametrize("bands, sizes, message", [
+    (["7/8"], ["0.005"], "--bands: '7/8' is not TARGET/MIN/MAX"),
+    (["a/b/c"], ["0.005"], "--bands: 'a/b/c' is not TARGET/MIN/MAX"),
+    (["7.5/7/10"], ["-1"], "--sizes: '-1' is not a number above 0"),
+])
+def test_a_bad_grid_is_refused_in_one_line(bands, sizes, message):
+    with pytest.raises(SweepError, match=message):
+        grid(bands, ["0.5"], ["ws"], ["replace"], sizes)
+
+
+def a_row(name: str, net: float, reward: float, cost: float, current: bool = False) -> dict:
+    return {"setting": name, "net_per_hour": net, "maker_hours_per_hour": reward, "cost_per_hour": cost,
+            "current": current}
+
+
+def test_rows_are_ranked_by_net_value_ties_in_grid_order():
+    rows = [a_row("a", 0.1, 0, 0), a_row("b", 0.3, 0, 0), a_row("c", 0.1, 0, 0), a_row("d", -1, 0, 0)]
+    assert [r["setting"] for r in ranked(rows)] == ["b", "a", "c", "d"]
+
+
+def test_the_net_value_is_reward_at_the_assumed_rate_plus_pnl_minus_fees():
+    hour = {"quoted_s": 3600.0, "two_sided_s": 3000.0, "metered_s": 3600.0, "maker_hours": 0.002,
+            "tier_1x_hours": 1, "tier_half_hours": 0, "fills": 2, "partial_fills": 1, "taker_fills": 2,
+            "orders_placed": 10, "post_only_rejects": 1, "rejected_in_matching": 0, "requotes": 5, "requests": 3600,
+            "rate_limited": 0, "pnl": Decimal("-0.3"), "fees": Decimal("0.5"), "exit_code": 0,
+            "max_orders_per_side": 1, "sim_seconds": 3600.0, "wall_s": 1.0}
+    [setting] = grid(["7.5/7/10"], ["0.5"], ["ws"], ["replace"], ["0.005"])
+    row = sweep.row(setting, [hour], Decimal(100), current=True)
+    assert row["reward_value_per_hour"] == pytest.approx(0.2)  # 0.002 MH x 100 DUSD
+    assert row["cost_per_hour"] == pytest.approx(0.8)  # fees 0.5 + a loss of 0.3
+    assert row["net_per_hour"] == pytest.approx(-0.6)
+    assert (row["fills_per_hour"], row["partial_fills_per_hour"]) == (pytest.approx(2), pytest.approx(1))
+
+
+def test_the_frontier_keeps_what_nothing_beats_on_both_reward_and_cost():
+    rows = [a_row("cheap", 0, 0.001, 0.0), a_row("dominated", 0, 0.0009, 0.1), a_row("mid", 0, 0.002, 0.5),
+            a_row("same reward dearer", 0, 0.002, 0.7), a_row("best", 0, 0.003, 2.0)]
+    assert [r["setting"] for r in frontier(rows)] == ["cheap", "mid", "best"]
+
+
+def test_without_matplotlib_the_plot_installs_it_and_says_so_when_that_fails(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+
+    def pip(args, **kwargs):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 1, "", "ERROR: No matching distribution found for matplotlib\n")
+
+    monkeypatch.setattr(sweep.subprocess, "run", pip)
+    with pytest.raises(SweepError, match="cannot install matplotlib for --plot .ERROR: No matching distribution"):
+        sweep.load_pyplot()
+    assert calls == [[sys.executable, "-m", "pip", "install", "--quiet", "matplotlib"]]
+    assert "installing it with pip" in capsys.readouterr().err
+
+
+def test_the_plot_is_a_png_with_every_setting(tmp_path):
+    pytest.importorskip("matplotlib")
+    settings = grid(["5/4.5/6.5", "7.5/7/10"], ["0.5"], ["ws"], ["replace", "cancel_first"], ["0.005"])
+    rows = [{**s._asdict(), **a_row(s.label, 0, 0.001 * k, 0.1 * k, current=k == 2)} for k, s in enumerate(settings)]
+    sweep.plot(rows, str(tmp_path / "sweep.png"), "title", "note")
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def run_sweep(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "standx_sim", "sweep", *args], cwd=REPO, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_ranks_marks_the_current_settings_and_repeats_byte_for_byte(tmp_path):
+    args = ("--presets", "volatile", "--bands", "3.5/3/5,8.5/8/9.5", "--requotes", "replace", "--max-seconds", "300",
+            "--json", str(tmp_path / "sweep.json"))
+    first, second = run_sweep(*args), run_sweep(*args)
+    assert first.returncode == 0, first.stderr
+    # the current configuration (the defaults, 7.5/7/10) is not in the grid: it is added and marked
+    lines = first.stdout.splitlines()
+    rows = [line for line in lines if line.startswith("| ") and "bps" in line]
+    assert len(rows) == 3 and sum(line.startswith("| * 7.5/7/10 bps") for line in rows) == 1
+    nets = [float(line.split("|")[2]) for line in rows]
+    assert nets == sorted(nets, reverse=True)
+    assert "cmy-2026-08" in first.stdout and "second-hand" in first.stdout and "an assumption" in first.stdout
+    assert lines[-1].startswith("took ")
+    assert first.stdout.splitlines()[:-1] == second.stdout.splitlines()[:-1]
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["setting"] for r in report["rows"]] == [line.split("|")[1].strip().removeprefix("* ") for line in rows]
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (("--bands", "7/8"), None, "--bands: '7/8' is not TARGET/MIN/MAX"),
+    (("--presets", "stormy"), None, "unknown preset 'stormy'"),
+    (("--bands", "5/6/7"), None, "MARKET_MAKER_TARGET_BPS: must be between MIN_BPS and MAX_BPS"),
+    ((), {"MARKET_MAKER_QTY": "lots"}, "MARKET_MAKER_QTY"),
+])
+def test_bad_input_exits_2_with_one_line_before_running_anything(args, env, message):
+    result = run_sweep(*args, env=clean_env(**(env or {})))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr

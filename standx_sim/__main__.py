@@ -255,7 +255,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     rows = sweep.ranked([sweep.row(setting, runs, args.maker_hour_value, setting == current)
                          for setting, runs in zip(settings, hours)])
     value_note = f"1 Maker Hour valued at {sweep.text(args.maker_hour_value)} DUSD (--maker-hour-value; an assumption)"
-    print(f"sweep: {len(settings)} settings x {len(sources)} hours; market: {market}")
+    print(f"sweep: {len(settings)} settings x {len(sources)} hour{'s' if len(sources) != 1 else ''}; market: {market}")
     print(f"reward: {programme.name}, {programme.title}: {programme.source}; an estimate")
     print(f"net/h = reward/h + pnl/h - fees/h, in DUSD, with {value_note}; * = the current configuration\n")
     print(sweep.sweep_table(rows))

@@ -154,19 +154,36 @@ def row(setting: Setting, hours: list[dict], maker_hour_value: Decimal, current:
     }
 
 
+def beats_current_when(r: dict, current: dict) -> str:
+    """At which value of a Maker Hour this setting nets more than the current one: "above X" /
+    "below X" DUSD, "always" (as much reward or more for no more cost), "never", or "-" for the
+    current one itself. What the ranking's assumed rate hides."""
+    if r is current:
+        return "-"
+    more_reward = r["maker_hours_per_hour"] - current["maker_hours_per_hour"]
+    more_cost = r["cost_per_hour"] - current["cost_per_hour"]
+    if more_reward >= 0 and more_cost <= 0:
+        return "always"
+    if more_reward <= 0 and more_cost >= 0:
+        return "never"
+    return f"{'above' if more_reward > 0 else 'below'} {more_cost / more_reward:.0f}"
+
+
 def ranked(rows: list[dict]) -> list[dict]:
     """By net value an hour, the highest first; equal ones in grid order (the sort is stable)."""
     return sorted(rows, key=lambda r: -round(r["net_per_hour"], 6))
 
 
-HEADER = ["setting (target/min/max, interval, feed, requote, size)", "net/h", "reward MH/h", "reward/h",
+HEADER = ["setting (target/min/max, interval, feed, requote, size)", "net/h", "beats * at DUSD/MH", "reward MH/h",
+          "reward/h",
           "uptime %", "tier 1x/0.5x h", "fills/h", "partial/h", "fees/h", "pnl/h", "post-only rejects/h", "req/s"]
 
 
 def sweep_table(rows: list[dict]) -> str:
     """The ranked rows as a markdown table; * marks the current configuration."""
+    current = next(r for r in rows if r["current"])
     cells = [(("* " if r["current"] else "") + r["setting"],
-              [f"{r['net_per_hour']:.4f}", f"{r['maker_hours_per_hour']:.6f}", f"{r['reward_value_per_hour']:.4f}",
+              [f"{r['net_per_hour']:.4f}", beats_current_when(r, current), f"{r['maker_hours_per_hour']:.6f}", f"{r['reward_value_per_hour']:.4f}",
                f"{r['uptime_pct']:.2f}", f"{r['tier_1x_hours']}/{r['tier_half_hours']} of {r['hours']}",
                f"{r['fills_per_hour']:.2f}", f"{r['partial_fills_per_hour']:.2f}", f"{r['fees_per_hour']:.4f}",
                f"{r['pnl_per_hour']:.4f}", f"{r['post_only_rejects_per_hour']:.2f}", f"{r['requests_per_s']:.2f}"])

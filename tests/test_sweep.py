@@ -75,6 +75,17 @@ def test_the_frontier_keeps_what_nothing_beats_on_both_reward_and_cost():
     assert [r["setting"] for r in frontier(rows)] == ["cheap", "mid", "best"]
 
 
+def test_each_setting_says_at_which_maker_hour_value_it_beats_the_current_one():
+    current = a_row("current", 0, 0.001, 0.1, current=True)
+    closer = a_row("closer", 0, 0.002, 0.6)  # +0.001 MH/h for +0.5 DUSD/h: worth it above 500 DUSD/MH
+    wider = a_row("wider", 0, 0.0008, 0.0)  # -0.0002 MH/h for -0.1 DUSD/h: below 500
+    assert sweep.beats_current_when(closer, current) == "above 500"
+    assert sweep.beats_current_when(wider, current) == "below 500"
+    assert sweep.beats_current_when(a_row("free", 0, 0.001, 0.05), current) == "always"
+    assert sweep.beats_current_when(a_row("dear", 0, 0.0009, 0.2), current) == "never"
+    assert sweep.beats_current_when(current, current) == "-"
+
+
 def test_without_matplotlib_the_plot_installs_it_and_says_so_when_that_fails(monkeypatch, capsys):
     calls = []
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
@@ -113,6 +124,7 @@ def test_the_command_ranks_marks_the_current_settings_and_repeats_byte_for_byte(
     rows = [line for line in lines if line.startswith("| ") and "bps" in line]
     assert len(rows) == 3 and sum(line.startswith("| * 7.5/7/10 bps") for line in rows) == 1
     nets = [float(line.split("|")[2]) for line in rows]
+    assert [line.split("|")[3].strip() for line in rows if line.startswith("| * ")] == ["-"]
     assert nets == sorted(nets, reverse=True)
     assert "cmy-2026-08" in first.stdout and "second-hand" in first.stdout and "an assumption" in first.stdout
     assert lines[-1].startswith("took ")

@@ -266,13 +266,21 @@ def sweep_command(args: argparse.Namespace) -> int:
              "rows": rows})))
     if args.plot:
         try:
-            sweep.plot(rows, args.plot, f"{market}\n{programme.name}: reward against cost, {len(settings)} settings",
+            sweep.plot(rows, args.plot, f"{short_market(sources, market)}\n{programme.name}: reward against cost, "
+                                        f"{len(settings)} settings",
                        f"{programme.name}, second-hand rules")
         except sweep.SweepError as exc:
             print(f"standx_sim: {exc}", file=sys.stderr)
             code = 1
     print(f"\ntook {time.monotonic() - started:.1f} s with {args.jobs} processes (timing: the only line that varies)")
     return code
+
+
+def short_market(sources: list, market: str) -> str:
+    """The market in a plot's title: recorded hours by their count, first and last."""
+    if sources and isinstance(sources[0], str) and len(sources) > 2:
+        return f"recorded: {len(sources)} hours, {Path(sources[0]).name} to {Path(sources[-1]).name}"
+    return market
 
 
 def sweep_sources(args: argparse.Namespace) -> tuple[list, str]:

@@ -97,10 +97,8 @@ CLOSE_SETTLE_S = 1.0
 # The original strategy's pause between "cancel all" and "place both".
 CANCEL_FIRST_PAUSE_S = 1.0
 STATUS_EVERY_S = 60.0
-# The reward programme counts a quote within this distance of the mark...
+# The reward programmes count a quote within this distance of the mark (either side of it).
 REWARD_BAND_BPS = Decimal(10)
-# ...and pays the 1.0x tier for an hour with both sides there in at least this share of it.
-BOOSTED_SHARE = 0.70
 UPTIME_WINDOW_S = 3600
 # The running daemon's state for --status: one file per account and symbol, by default beside
 # the code so that --status finds it from any working directory.
@@ -790,12 +788,12 @@ class UptimeTracker:
 
 
 def reward_summary(uptime: UptimeTracker, now: float) -> str:
-    """`uptime 1h=99.1% hour=98.7% (1.0x on track)`, the estimate the status shows."""
+    """`uptime 1h=99.1% hour=98.7%`, the two-sided shares the status shows (the tier the hour is
+    on track for is the reward estimate's: one verdict, by the programme's rules)."""
     last_hour, this_hour = uptime.last_hour(now), uptime.this_hour(now)
     if last_hour is None or this_hour is None:
         return "uptime 1h=- hour=-"
-    tier = "1.0x on track" if this_hour >= BOOSTED_SHARE else "below 70%: not on track for 1.0x"
-    return f"uptime 1h={100 * last_hour:.1f}% hour={100 * this_hour:.1f}% ({tier})"
+    return f"uptime 1h={100 * last_hour:.1f}% hour={100 * this_hour:.1f}%"
 
 
 def reward_estimate(meter: RewardMeter | None, config: Config, now: float) -> str:
@@ -954,6 +952,7 @@ class MarketMaker:
         programme = PROGRAMMES[config.reward_programme]
         pair = programme.pairs.get(config.symbol)
         self.reward = RewardMeter(programme, pair) if pair else None  # None: the programme has no rules for it
+        self._restore_estimates()
         self.stop_requested = False
         self.stop_requested_at = 0.0
         self.stop_reason = ""
@@ -962,7 +961,10 @@ class MarketMaker:
         self.last_read_error = ""
 
     def _hour_time(self) -> float:
-        return self.started_wall + (self.clock.monotonic() - self.started_at)
+        """The exchange's time, whose clock hours the reward scores: wall time at the start,
+        advanced monotonically (a step of this host's clock cannot corrupt the record), plus the
+        offset measured from the exchange's own clock."""
+        return self.started_wall + (self.clock.monotonic() - self.started_at) + self.auth.time_offset_s
 
     # -- lifecycle --
 
@@ -1115,6 +1117,8 @@ class MarketMaker:
         self.iteration += 1
         self.regular_loops += regular
         decided = self._decide_once(regular)
+        if not decided:
+            self._measure_quoting(seen=False)
         self.failed_loops = 0 if decided else self.failed_loops + 1
         self.alerter.condition("failures", self.failed_loops >= FAILED_LOOPS_ALERT,
                                f"exchange reads failing ({self.last_read_error})")
@@ -1182,19 +1186,27 @@ class MarketMaker:
             return False
         self.market = got["market"]
         self.requote(self.market)
-        self.uptime.record(self._hour_time(), self.quoting_both_sides())
-        if self.reward is not None:
-            self.reward.record(self._hour_time(), self.reward_value(self.reward))
+        self._measure_quoting(seen=True)
         self._maybe_log_status()
         return True
 
+    def _measure_quoting(self, seen: bool) -> None:
+        """What uptime and the reward estimate record from now on: what rests as this loop saw
+        it, or, after a loop that could not see (its reads failed), nothing: time the daemon
+        cannot see is not counted as quoting, whatever rested before."""
+        now = self._hour_time()
+        self.uptime.record(now, seen and self.quoting_both_sides())
+        if self.reward is not None:
+            self.reward.record(now, self.reward_value(self.reward) if seen else 0.0)
+
     def quoting_both_sides(self) -> bool:
-        """Both sides have a resting quote of ours within the reward band of the last mark.
-        An order being replaced still counts: it rests until its cancel takes effect."""
+        """Both sides have a resting quote of ours within the reward band of the last mark
+        (on either side of it, as the programmes measure). An order being replaced still
+        counts: it rests until its cancel takes effect."""
         if self.market is None:
             return False
         mark = self.market.mark
-        return all(any(0 <= distance_bps(side, o.price, mark) <= REWARD_BAND_BPS
+        return all(any(abs(distance_bps(side, o.price, mark)) <= REWARD_BAND_BPS
                        for o in self.our.resting(side)) for side in SIDES)
 
     def reward_value(self, meter: RewardMeter) -> float:
@@ -1924,6 +1936,33 @@ class MarketMaker:
             log.info(self.status_line())
             self.write_state()
 
+    def _restore_estimates(self) -> None:
+        """Take back the reward tallies and the day's round trips the last run of this account
+        and symbol saved in the state file (a restart keeps the day's figures). A missing or
+        unreadable file, another programme or another day: nothing is taken back."""
+        if self.state_path is None:
+            return
+        try:
+            with open(self.state_path, encoding="utf-8") as handle:
+                state = json.load(handle)
+        except (OSError, ValueError):
+            return
+        if not isinstance(state, dict):
+            return
+        now = self._hour_time()
+        if self.reward is not None and state.get("reward_programme") == self.config.reward_programme:
+            hours = self.reward.restore(state.get("reward_hours"), now)
+            if hours:
+                log.info("reward estimate: %d hour(s) of this day and the last taken back from %s",
+                         hours, self.state_path)
+        saved = state.get("day_totals")
+        try:
+            if isinstance(saved, dict) and saved.get("day") == time.strftime("%Y-%m-%d", time.gmtime(self.clock.wall())):
+                self.day = DayTotals(str(saved["day"]), int(saved["round_trips"]), wire_decimal(saved["fees"]),
+                                     wire_decimal(saved["pnl"]))
+        except (KeyError, TypeError, ValueError, InvalidOperation):
+            pass  # an unreadable total: the day starts again from nothing
+
     def write_state(self) -> None:
         """Save what --status shows of the running daemon (its own view: uptime, mode, counters)."""
         if self.state_path is None:
@@ -1931,7 +1970,12 @@ class MarketMaker:
         state = {"updated_at": self.clock.wall(), "pid": os.getpid(), "running": not self.stop_requested,
                  "mode": self.mode, "position": str(self.position), "requotes": self.requotes,
                  "fills": self.fills, "uptime": reward_summary(self.uptime, self._hour_time()),
-                 "reward": reward_estimate(self.reward, self.config, self._hour_time()), "day": self.day.summary()}
+                 "reward": reward_estimate(self.reward, self.config, self._hour_time()), "day": self.day.summary(),
+                 # what a restart takes back (_restore_estimates)
+                 "reward_programme": self.config.reward_programme,
+                 "reward_hours": self.reward.saved() if self.reward is not None else {},
+                 "day_totals": {"day": self.day.day, "round_trips": self.day.fills, "fees": str(self.day.fees),
+                                "pnl": str(self.day.pnl)}}
         try:
             with open(self.state_path + ".tmp", "w", encoding="utf-8") as handle:
                 json.dump(state, handle)
@@ -2208,10 +2252,11 @@ def read_state(path: str, now: float) -> str:
         age_s = now - float(state["updated_at"])
     except (OSError, ValueError, KeyError, TypeError):
         return "no state file: not running on this machine"
+    last = f"{state.get('uptime')}; {state.get('reward')}; {state.get('day')}"
     if not state.get("running"):
-        return f"stopped {age_s:.0f} s ago"
+        return f"stopped {age_s:.0f} s ago; last: {last}"
     if age_s > 3 * STATUS_EVERY_S:
-        return f"no news for {age_s:.0f} s (stopped or stuck?); last: {state.get('uptime')}"
+        return f"no news for {age_s:.0f} s (stopped or stuck?); last: {last}"
     return (f"running (pid {state.get('pid')}, {age_s:.0f} s ago): mode {state.get('mode')}, "
             f"{state.get('uptime')}, requotes {state.get('requotes')}, fills {state.get('fills')}; "
             f"{state.get('reward')}; {state.get('day')}")

@@ -23,6 +23,7 @@ Nothing here knows the daemon or the simulator: both import this module.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -181,11 +182,13 @@ class HourScore:
 
 def score_hour(programme: Programme, pair: PairRules, tally: HourTally) -> HourScore:
     """The hour's score once it is over (time not observed counts as not quoting)."""
-    tier = programme.tier(tally.two_sided_s)
     if programme.hour_value == "quantile":
-        value = max((t.multiplier * value_held_for(tally, t.min_minutes * 60) for t in programme.tiers),
-                    default=0.0)
+        # The best tier's rule sets both the value and the tier it is paid at.
+        value, tier = max(((t.multiplier * value_held_for(tally, t.min_minutes * 60), t) for t in programme.tiers),
+                          key=lambda pair: pair[0], default=(0.0, None))
+        tier = tier if value > 0 else None
     else:
+        tier = programme.tier(tally.two_sided_s)
         value = tier.multiplier * tally.value_s / HOUR_S if tier else 0.0
     if pair.hourly_ceiling is not None:
         value = min(value, pair.hourly_ceiling)
@@ -218,6 +221,35 @@ class RewardMeter:
                 tally.add(stop - start, last_value, self._keep_values)
                 start = stop
         self._last = (now, value)
+
+    def saved(self) -> dict[str, list]:
+        """The hours' tallies as JSON-ready data (restore() reads them back)."""
+        return {str(hour): [t.observed_s, t.two_sided_s, t.value_s, sorted(t.seconds_at.items())]
+                for hour, t in sorted(self.hours.items())}
+
+    def restore(self, saved: object, now: float) -> int:
+        """Take back the tallies an earlier run saved, for the hours this meter keeps up to the
+        current one (time between that run's last save and now stays unrecorded: not quoting).
+        Anything malformed is skipped. The number of hours restored."""
+        if not isinstance(saved, dict):
+            return 0
+        current = int(now // HOUR_S)
+        restored = 0
+        for key, fields in saved.items():
+            try:
+                hour = int(key)
+                observed, two_sided, value_s, at = fields
+                tally = HourTally(float(observed), float(two_sided), float(value_s),
+                                  {float(v): float(sec) for v, sec in at})
+            except (TypeError, ValueError):
+                continue
+            numbers = [tally.observed_s, tally.two_sided_s, tally.value_s, *tally.seconds_at, *tally.seconds_at.values()]
+            if (current - self._keep_hours < hour <= current and hour not in self.hours
+                    and all(math.isfinite(n) and n >= 0 for n in numbers)
+                    and tally.two_sided_s <= tally.observed_s <= HOUR_S):
+                self.hours[hour] = tally
+                restored += 1
+        return restored
 
     def hour_score(self, hour: int) -> HourScore:
         """The score of a whole hour (by its number: epoch // 3600); time not recorded counts as

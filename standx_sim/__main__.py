@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
 from market_maker import number_argument
 from rewards import DEFAULT_PROGRAMME, PROGRAMMES
@@ -225,6 +226,10 @@ def sweep_command(args: argparse.Namespace) -> int:
     from . import sweep
     logging.getLogger().setLevel(logging.WARNING)
     started = time.monotonic()
+    problem = output_problem("--json", args.json) or output_problem("--plot", args.plot)
+    if problem:
+        print(f"standx_sim: {problem}", file=sys.stderr)
+        return 2
     try:
         sources, market = sweep_sources(args)
         base = mm.replay_config(os.environ, args.env_file, None, bt.SIM_URL, bt.throwaway_private_key(),
@@ -238,6 +243,7 @@ def sweep_command(args: argparse.Namespace) -> int:
                               args.feeds or [current.feed], args.requotes, args.sizes or [sweep.text(current.qty)])
         if current not in settings:
             settings.append(current)
+        check_sizes(settings)
         configs = [mm.replay_config(os.environ, args.env_file, None, bt.SIM_URL, bt.throwaway_private_key(),
                                     overrides={**setting.overrides(), **programme_override(args.programme)})
                    for setting in settings]
@@ -258,12 +264,13 @@ def sweep_command(args: argparse.Namespace) -> int:
     print(f"sweep: {len(settings)} settings x {len(sources)} hour{'s' if len(sources) != 1 else ''}; market: {market}")
     print(f"reward: {programme.name}, {programme.title}: {programme.source}; an estimate")
     print(f"net/h = reward/h + pnl/h - fees/h, in DUSD, with {value_note}; * = the current configuration\n")
+    warn_of_short_hours(hours[0])
     print(sweep.sweep_table(rows))
     code = 1 if any(r["exit_code"] for r in rows) else 0
-    if args.json:
-        Path(args.json).write_text(bt.report_json(bt.plain(
+    if args.json and not write_output("--json", args.json, bt.report_json(bt.plain(
             {"market": market, "programme": programme.name, "maker_hour_value": args.maker_hour_value,
-             "rows": rows})))
+             "rows": rows}))):
+        code = 1
     if args.plot:
         try:
             sweep.plot(rows, args.plot, f"{short_market(sources, market)}\n{programme.name}: reward against cost, "
@@ -274,6 +281,18 @@ def sweep_command(args: argparse.Namespace) -> int:
             code = 1
     print(f"\ntook {time.monotonic() - started:.1f} s with {args.jobs} processes (timing: the only line that varies)")
     return code
+
+
+def check_sizes(settings: list) -> None:
+    """Every size the grid lists must be one the simulated exchange takes (else every hour of
+    it would only log the daemon's refusal)."""
+    from .sweep import SweepError, text
+    spec = SymbolSpec()
+    lot = Decimal(1).scaleb(-spec.qty_tick_decimals)
+    for qty in dict.fromkeys(setting.qty for setting in settings):
+        if not spec.min_order_qty <= qty <= spec.max_order_qty or qty % lot:
+            raise SweepError(f"size {text(qty)}: {spec.symbol} takes {text(spec.min_order_qty)} to "
+                             f"{text(spec.max_order_qty)} in lots of {text(lot)}")
 
 
 def short_market(sources: list, market: str) -> str:
@@ -336,6 +355,10 @@ def backtest_command(args: argparse.Namespace) -> int:
     import market_maker as mm  # the daemon, only for this command
     from . import backtest as bt
     logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+    problem = output_problem("--json", args.json)
+    if problem:
+        print(f"standx_sim: {problem}", file=sys.stderr)
+        return 2
     if args.market_data and (args.hours is not None or args.seed is not None):
         print("standx_sim: --hours and --seed choose synthetic hours; they do not apply to --market-data",
               file=sys.stderr)
@@ -374,10 +397,46 @@ def backtest_command(args: argparse.Namespace) -> int:
                 "price_feed": config.price_feed, "feed_latency_ms": args.feed_latency_ms}
     data = bt.report(hours, settings)
     print(f"market: {market}\n")
+    warn_of_short_hours(hours)
     print(bt.report_table(data))
-    if args.json:
-        Path(args.json).write_text(bt.report_json(data))
+    if args.json and not write_output("--json", args.json, bt.report_json(data)):
+        return 1
     return 1 if data["total"]["exit_code"] else 0
+
+
+def output_problem(option: str, path: str | None) -> str | None:
+    """Why a report could not be written to `path` (checked before any work), or None."""
+    if path is None:
+        return None
+    if not path or os.path.isdir(path):
+        return f"{option}: {path!r} is not a file name"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        return f"{option}: cannot write to {folder} (no such folder, or not writable)"
+    return None
+
+
+def write_output(option: str, path: str, text: str) -> bool:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        print(f"standx_sim: {option}: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True
+
+
+# A replay that starts this far into its clock hour cannot hold both quotes 42 minutes of it.
+LATE_START_S = 18 * 60
+
+
+def warn_of_short_hours(hours: list[dict]) -> None:
+    """Say which hours start too late into their clock hour to reach the 1.0x tier: the reward
+    scores whole clock hours, so such an hour's reward is not the setting's fault."""
+    for hour in hours:
+        late_s = hour["start_ts"] % 3600
+        if late_s > LATE_START_S:
+            print(f"note: {hour['hour']} starts {late_s / 60:.0f} minutes into its clock hour: it cannot "
+                  f"reach the 1.0x tier, whatever the settings (the reward scores whole clock hours)\n")
 
 
 def programme_override(programme: str | None) -> dict[str, str]:
@@ -421,9 +480,32 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def interruptible(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command that may take minutes: Ctrl-C or SIGTERM ends it, and every worker
+    process, with one line and exit code 130 or 143."""
+    received: list[int] = []
+
+    def on_term(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        signum = received[0] if received else signal.SIGINT
+        print(f"standx_sim: {args.command} interrupted by {signal.Signals(signum).name}: its report is "
+              f"not complete, nothing more was written", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in ("backtest", "sweep"):
+        return interruptible(args.run, args)
     return args.run(args)
 
 

@@ -53,13 +53,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Callable, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import requests
 
@@ -214,11 +215,36 @@ def run_hours(sources: Sequence[str | SyntheticHour], daemon: DaemonFactory, met
     top-level function does)."""
     hour = partial(run_hour, daemon=daemon, meter_qty=meter_qty, latency_ms=latency_ms, max_seconds=max_seconds,
                    lean=lean, mark=mark, feed_latency_ms=feed_latency_ms, programme=programme)
-    workers = min(jobs, len(sources))
+    return in_processes(hour, sources, jobs)
+
+
+def _leave_signals_to_the_parent() -> None:
+    """A worker ignores Ctrl-C (sent to the whole terminal group) and dies of SIGTERM: the
+    parent decides, and ends the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def in_processes(func: Callable[[Any], Any], items: Sequence[Any], jobs: int) -> list:
+    """func of each item, in their order: in this process with jobs <= 1, else on up to `jobs`
+    worker processes. An interrupt (KeyboardInterrupt) in this process ends every worker at
+    once, then goes on up: nothing is left running."""
+    workers = min(jobs, len(items))
     if workers <= 1:
-        return [hour(source) for source in sources]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(hour, sources))
+        return [func(item) for item in items]
+    pool = multiprocessing.Pool(workers, initializer=_leave_signals_to_the_parent)
+    try:
+        pending = pool.map_async(func, items, chunksize=1)
+        while not pending.ready():
+            pending.wait(0.2)  # short waits: a signal is handled between them
+        results = pending.get()
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+    return results
 
 
 def percent(part: float, whole: float) -> float:

@@ -45,8 +45,8 @@ def reward_figures(sim: Simulator, address: str, since: float, until: float, sim
     projected score for the part simulated), per simulated hour, and the hours whose two-sided
     time reached (or is on track for) the 1.0x and the 0.5x tier."""
     meter = sim.exchange.reward_meter(address)
-    if meter is None:
-        return {"maker_hours": 0.0, "maker_hours_per_hour": 0.0, "tier_1x_hours": 0, "tier_half_hours": 0}
+    if meter is None:  # the programme has no rules for the symbol: no figure, rather than a 0
+        return {"maker_hours": None, "maker_hours_per_hour": None, "tier_1x_hours": None, "tier_half_hours": None}
     now = sim.clock.now()
     earned = meter.earned_between(since, until, now)
     scores = [meter.projected_score(hour, now) for hour in meter.hours_between(since, until)]

@@ -37,7 +37,7 @@ def run_report(sim: Simulator, address: str, requotes: int, wall_s: float, progr
     reward = reward_figures(sim, address, now - sim_seconds, now, sim_seconds)
     return {**{key: round(value, 3) if isinstance(value, float) else value for key, value in figures.items()},
             **{key: round(value, 6) if isinstance(value, float) else value for key, value in reward.items()},
-            "reward_programme": programme, "pnl": str(figures["pnl"]), "fees": str(figures["fees"]),
+            "reward_programme": programme, "symbol": sim.exchange.spec.symbol, "pnl": str(figures["pnl"]), "fees": str(figures["fees"]),
             "open_orders_at_end": len(sim.exchange.open_orders(address)), "wall_s": round(wall_s, 3)}
 
 
@@ -48,9 +48,16 @@ def summary(report: dict[str, Any]) -> str:
             f"{report['post_only_rejects']} post-only rejects, {report['requotes']} requotes, "
             f"{report['requests_per_s']:.2f} requests/s ({report['rate_limited']} refused with 429), "
             f"pnl {report['pnl']}, fees {report['fees']}, {report['open_orders_at_end']} open orders at the end; "
-            f"reward under {report['reward_programme']} (an estimate: second-hand rules) "
-            f"{report['maker_hours']:.6f} Maker Hours ({report['maker_hours_per_hour']:.6f} an hour; hours at "
-            f"1.0x: {report['tier_1x_hours']}, at 0.5x: {report['tier_half_hours']})")
+            f"{reward_text(report)}")
+
+
+def reward_text(report: dict[str, Any]) -> str:
+    head = f"reward under {report['reward_programme']}"
+    if report["maker_hours"] is None:
+        return f"{head}: none estimated, the programme has no rules for {report['symbol']}"
+    return (f"{head} (an estimate: second-hand rules) {report['maker_hours']:.6f} Maker Hours "
+            f"({report['maker_hours_per_hour']:.6f} an hour; hours at 1.0x: {report['tier_1x_hours']}, "
+            f"at 0.5x: {report['tier_half_hours']})")
 
 
 def write_report(report: dict[str, Any], path: str) -> None:

@@ -18,13 +18,12 @@ import importlib
 import itertools
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple, Sequence
 
 from rewards import Programme
 
-from .backtest import DaemonFactory, SyntheticHour, per_hour, run_hour, table, totals
+from .backtest import DaemonFactory, SyntheticHour, in_processes, per_hour, run_hour, table, totals
 
 # The rate the net value uses unless told: an illustration, not StandX's figure (see README,
 # "Choosing your band": a user divides what one day paid by that day's Maker Hours).
@@ -65,29 +64,35 @@ class Setting(NamedTuple):
                 "MARKET_MAKER_QTY": text(self.qty)}
 
 
+# The numbers a grid accepts: above 0, at most this, with at most MOST_DECIMALS decimals (a
+# typo such as 1e999999 is refused here rather than overflowing later).
+LARGEST = Decimal(10000)
+MOST_DECIMALS = 12
+
+
+def parse_number(option: str, value: str) -> Decimal:
+    shown = value if len(value) <= 40 else value[:40] + "..."
+    try:
+        number = Decimal(value.strip())
+    except InvalidOperation:
+        number = Decimal("NaN")
+    if not number.is_finite() or not 0 < number <= LARGEST or number.as_tuple().exponent < -MOST_DECIMALS:
+        raise SweepError(f"{option}: {shown!r} is not a number above 0 and at most {LARGEST} "
+                         f"with at most {MOST_DECIMALS} decimals")
+    return number
+
+
 def parse_band(value: str) -> tuple[Decimal, Decimal, Decimal]:
     """"7.5/7/10" -> target, min, max in bps."""
     parts = value.split("/")
-    try:
-        numbers = tuple(Decimal(part.strip()) for part in parts)
-    except InvalidOperation:
-        numbers = ()
-    if len(parts) != 3 or len(numbers) != 3 or not all(n.is_finite() for n in numbers):
-        raise SweepError(f"--bands: {value!r} is not TARGET/MIN/MAX in bps (e.g. 7.5/7/10)")
-    return numbers  # type: ignore[return-value]
+    if len(parts) != 3:
+        raise SweepError(f"--bands: {value[:40]!r} is not TARGET/MIN/MAX in bps (e.g. 7.5/7/10)")
+    target, low, high = (parse_number("--bands", part) for part in parts)
+    return target, low, high
 
 
 def parse_numbers(option: str, values: Sequence[str]) -> list[Decimal]:
-    numbers = []
-    for value in values:
-        try:
-            number = Decimal(value.strip())
-        except InvalidOperation:
-            number = Decimal("NaN")
-        if not number.is_finite() or number <= 0:
-            raise SweepError(f"{option}: {value!r} is not a number above 0")
-        numbers.append(number)
-    return numbers
+    return [parse_number(option, value) for value in values]
 
 
 def grid(bands: Sequence[str], intervals: Sequence[str], feeds: Sequence[str], requotes: Sequence[str],
@@ -112,12 +117,7 @@ def run_sweep(factories: Sequence[DaemonFactory], qtys: Sequence[Decimal], sourc
     the same on one."""
     work = [Job(k, source) for k in range(len(factories)) for source in sources]
     runs = [(factories[job.setting], qtys[job.setting], job.source) for job in work]
-    call = _RunHour(programme, backtest)
-    if min(jobs, len(runs)) <= 1:
-        hours = [call(run) for run in runs]
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(runs))) as pool:
-            hours = list(pool.map(call, runs))
+    hours = in_processes(_RunHour(programme, backtest), runs, jobs)
     by_setting: list[list[dict]] = [[] for _ in factories]
     for job, figures in zip(work, hours):
         by_setting[job.setting].append(figures)

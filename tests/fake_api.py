@@ -23,6 +23,7 @@ class FakeAuth:
         self.logins = 0
         self.login_failure: str | None = None
         self.sent_request_id: str | None = None  # FakeApi numbers each new order's request
+        self.time_offset_s = 0.0  # the exchange's clock minus ours
 
     def authenticate(self) -> None:
         self.logins += 1

@@ -70,3 +70,123 @@ def test_the_programme_is_one_setting_and_a_wrong_one_is_refused():
     with pytest.raises(mm.ConfigError, match="MARKET_MAKER_REWARD_PROGRAMME: must be one of cmy-2026-08, "
                                              "uptime-2026-01 .got 'cmy-2027'."):
         mm.load_config({**env, "MARKET_MAKER_REWARD_PROGRAMME": "cmy-2027"})
+
+
+# ---- what the review of the estimate found ----------------------------------------------------
+
+from decimal import Decimal  # noqa: E402
+
+from tests.exchange_fakes import FakeClock  # noqa: E402
+from tests.fake_api import FakeApi, FakeAuth  # noqa: E402
+
+KEY = "0x" + "11" * 32
+
+
+@pytest.fixture
+def exchange(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    fake = FakeApi(mark="100")
+    monkeypatch.setattr(mm, "api", fake)
+    return fake
+
+
+def started(state_path: str | None = None, **env: str) -> mm.MarketMaker:
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, **env})
+    clock = FakeClock()
+    maker = mm.MarketMaker(config, FakeAuth(clock), clock=clock, run_id="abc123", state_path=state_path)
+    maker.start()
+    return maker
+
+
+def loops(maker: mm.MarketMaker, seconds: float) -> None:
+    for _ in range(int(seconds / 0.5)):
+        maker.clock.sleep(0.5)
+        maker.run_once()
+
+
+def two_sided_s(maker: mm.MarketMaker) -> float:
+    return sum(tally.two_sided_s for tally in maker.reward.hours.values())
+
+
+def test_time_the_daemon_cannot_see_counts_as_not_quoting(exchange):
+    maker = started()
+    loops(maker, 60)
+    seen = two_sided_s(maker)
+    assert 55 <= seen <= 60
+    exchange.fail("query_symbol_price")  # ten minutes of failing reads: blind
+    exchange.fail("query_positions")
+    loops(maker, 600)
+    exchange.heal("query_symbol_price")
+    exchange.heal("query_positions")
+    loops(maker, 30)
+    # the blind ten minutes count nothing; the estimate resumes with the first loop that reads
+    assert two_sided_s(maker) == pytest.approx(seen + 30, abs=2)
+    assert maker.uptime.share_since(0) == pytest.approx((seen + 30) / 690, abs=0.01)
+
+
+def test_the_hours_are_the_exchanges_when_this_hosts_clock_is_off(exchange):
+    maker = started()
+    maker.auth.time_offset_s = -1500.0  # this host runs 25 minutes ahead of the exchange
+    assert maker._hour_time() == pytest.approx(maker.clock.wall() - 1500.0)
+
+
+def test_a_quote_on_the_wrong_side_of_the_mark_still_counts_as_quoting(exchange):
+    maker = started()
+    loops(maker, 2)
+    buy = maker.our.resting("buy")[0].price  # 7.5 bps under 100
+    maker.our.resting("sell")[0].price = buy + Decimal("0.05")
+    # the mark lags under our buy: the buy 2 bps above it, the sell 7 bps
+    maker.market = mm.Market(buy - Decimal("0.02"), None, None, maker.clock.monotonic())
+    assert maker.quoting_both_sides() and maker.reward_value(maker.reward) > 0
+
+
+def test_a_restart_takes_back_the_days_reward_and_round_trips(exchange, tmp_path):
+    path = str(tmp_path / "state.json")
+    first = started(path)
+    loops(first, 120)
+    first.day = mm.DayTotals(first.day.day or __import__("time").strftime(
+        "%Y-%m-%d", __import__("time").gmtime(first.clock.wall())), 2, Decimal("0.5"), Decimal("-0.1"))
+    first.write_state()
+    earned = first.reward.day_so_far(first._hour_time())
+    assert earned > 0
+    second = started(path)
+    assert second.reward.day_so_far(second._hour_time()) == pytest.approx(earned, rel=0.01)
+    assert (second.day.fills, second.day.fees, second.day.pnl) == (2, Decimal("0.5"), Decimal("-0.1"))
+
+
+def test_a_restart_under_another_programme_starts_its_estimate_afresh(exchange, tmp_path):
+    path = str(tmp_path / "state.json")
+    first = started(path)
+    loops(first, 60)
+    first.write_state()
+    second = started(path, MARKET_MAKER_REWARD_PROGRAMME="uptime-2026-01")
+    assert second.reward.hours == {}
+
+
+def test_a_garbled_state_file_is_ignored(exchange, tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text('{"reward_programme": "cmy-2026-08", "reward_hours": {"x": [1], "5": "no"}, '
+                    '"day_totals": {"day": "2026-01-01", "round_trips": "many"}}')
+    assert started(str(path)).reward.hours == {}
+
+
+def test_status_of_a_stopped_daemon_shows_its_last_estimate_and_day(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text('{"updated_at": 1000, "running": false, "uptime": "uptime 1h=90.0% hour=91.0%", '
+                    '"reward": "reward cmy-2026-08 (estimate, second-hand rules): hour=0.001000MH@1x", '
+                    '"day": "day: no round trip yet"}')
+    shown = mm.read_state(str(path), 1010)
+    assert shown.startswith("stopped 10 s ago; last: uptime 1h=90.0%")
+    assert "hour=0.001000MH@1x" in shown and "day: no round trip yet" in shown
+
+
+def test_simulate_says_when_the_programme_has_no_rules_for_the_symbol():
+    from standx_sim.simulate import reward_text
+    text = reward_text({"reward_programme": "cmy-2026-08", "maker_hours": None, "symbol": "XAU-USD"})
+    assert text == "reward under cmy-2026-08: none estimated, the programme has no rules for XAU-USD"
+
+
+def test_a_replay_starting_late_into_its_hour_is_named_as_unable_to_reach_the_tier(capsys):
+    from standx_sim.__main__ import warn_of_short_hours
+    warn_of_short_hours([{"hour": "on-time", "start_ts": 7200.4}, {"hour": "late", "start_ts": 7200 + 35 * 60}])
+    out = capsys.readouterr().out
+    assert "on-time" not in out and "late starts 35 minutes into its clock hour" in out

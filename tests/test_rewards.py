@@ -165,3 +165,14 @@ def test_a_tally_scaled_keeps_its_shape():
     tally = HourTally()
     tally.add(600, 0.001, keep_values=True)
     assert score_hour(UPTIME, UPTIME.pairs["BTC-USD"], tally.scaled(6)).maker_hours == pytest.approx(0.001)
+
+
+def test_uptime_tier_is_the_rule_that_paid_not_the_two_sided_time():
+    meter = RewardMeter(UPTIME, UPTIME.pairs["BTC-USD"])
+    meter.record(HOUR0, 1.0)  # 1 unit for 30 minutes,
+    meter.record(HOUR0 + 1800, 0.1)  # then 0.1 for 15: two-sided 45 minutes
+    meter.record(HOUR0 + 2700, 0.0)
+    meter.record(HOUR0 + HOUR_S, 0.0)
+    score = meter.hour_score(HOUR0 // HOUR_S)
+    # X70 (42 min) = 0.1 -> 0.1 x 1.0; X50 (30 min) = 1.0 -> 1.0 x 0.5: the 0.5x rule pays
+    assert score.maker_hours == pytest.approx(0.5) and score.tier.multiplier == 0.5

@@ -37,8 +37,9 @@ def test_a_setting_is_the_daemons_own_settings():
 
 @pytest.mark.parametrize("bands, sizes, message", [
     (["7/8"], ["0.005"], "--bands: '7/8' is not TARGET/MIN/MAX"),
-    (["a/b/c"], ["0.005"], "--bands: 'a/b/c' is not TARGET/MIN/MAX"),
+    (["a/b/c"], ["0.005"], "--bands: 'a' is not a number above 0"),
     (["7.5/7/10"], ["-1"], "--sizes: '-1' is not a number above 0"),
+    (["7.5/7/10"], ["1e-13"], "with at most 12 decimals"),
 ])
 def test_a_bad_grid_is_refused_in_one_line(bands, sizes, message):
     with pytest.raises(SweepError, match=message):
@@ -143,3 +144,38 @@ def test_bad_input_exits_2_with_one_line_before_running_anything(args, env, mess
     result = run_sweep(*args, env=clean_env(**(env or {})))
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--sizes", "1e9"), "--sizes: '1e9' is not a number above 0 and at most 10000"),
+    (("--sizes", "101"), "size 101: BTC-USD takes 0.0001 to 100 in lots of 0.0001"),
+    (("--sizes", "0.00015"), "size 0.00015: BTC-USD takes"),
+    (("--bands", "7.5/7/1e999999999"), "--bands: '1e999999999' is not a number above 0 and at most 10000"),
+    (("--json", "/nonexistent/x.json"), "--json: cannot write to /nonexistent"),
+    (("--plot", ""), "--plot: '' is not a file name"),
+])
+def test_what_cannot_run_or_be_written_is_refused_before_the_sweep_runs(args, message):
+    result = run_sweep(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_sigterm_ends_the_sweep_and_its_workers_with_one_line(tmp_path):
+    import os
+    import signal
+    import time
+    sweep_process = subprocess.Popen([sys.executable, "-m", "standx_sim", "sweep", "--jobs", "2"], cwd=REPO,
+                                     env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children: list[int] = []
+    deadline = time.monotonic() + 30
+    while len(children) < 2 and time.monotonic() < deadline:  # both workers busy
+        time.sleep(0.2)
+        listed = subprocess.run(["pgrep", "-P", str(sweep_process.pid)], capture_output=True, text=True).stdout
+        children = [int(pid) for pid in listed.split()]
+    assert len(children) >= 2
+    sweep_process.send_signal(signal.SIGTERM)
+    out, err = sweep_process.communicate(timeout=30)
+    assert sweep_process.returncode == 143 and out == ""
+    assert err.count("\n") == 1 and "sweep interrupted by SIGTERM" in err
+    time.sleep(0.5)
+    assert not [pid for pid in children if os.path.exists(f"/proc/{pid}")]

@@ -77,16 +77,11 @@ def test_the_programme_is_one_setting_and_a_wrong_one_is_refused():
 from decimal import Decimal  # noqa: E402
 
 from tests.exchange_fakes import FakeClock  # noqa: E402
-from tests.fake_api import FakeApi, FakeAuth  # noqa: E402
+from tests.fake_api import FakeAuth  # noqa: E402
+from tests import test_market_maker  # noqa: E402
 
-KEY = "0x" + "11" * 32
-
-
-@pytest.fixture
-def exchange(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
-    fake = FakeApi(mark="100")
-    monkeypatch.setattr(mm, "api", fake)
-    return fake
+KEY = test_market_maker.KEY
+exchange = test_market_maker.exchange  # the FakeApi fixture, shared
 
 
 def started(state_path: str | None = None, **env: str) -> mm.MarketMaker:

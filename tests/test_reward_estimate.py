@@ -3,12 +3,20 @@ the same run, and the setting that chooses the programme."""
 from __future__ import annotations
 
 import re
+import time
+from decimal import Decimal
 
 import pytest
 
 import market_maker as mm
 from rewards import HOUR_S, PROGRAMMES
 from standx_sim import backtest as bt
+from tests import test_market_maker
+from tests.exchange_fakes import FakeClock
+from tests.fake_api import FakeAuth
+
+KEY = test_market_maker.KEY
+exchange = test_market_maker.exchange  # the FakeApi fixture, shared
 
 HOUR_FIGURE = re.compile(r"reward (\S+) \(estimate, second-hand rules\): hour=([0-9.]+)MH@(\S+) ")
 
@@ -74,16 +82,6 @@ def test_the_programme_is_one_setting_and_a_wrong_one_is_refused():
 
 # ---- what the review of the estimate found ----------------------------------------------------
 
-from decimal import Decimal  # noqa: E402
-
-from tests.exchange_fakes import FakeClock  # noqa: E402
-from tests.fake_api import FakeAuth  # noqa: E402
-from tests import test_market_maker  # noqa: E402
-
-KEY = test_market_maker.KEY
-exchange = test_market_maker.exchange  # the FakeApi fixture, shared
-
-
 def started(state_path: str | None = None, **env: str) -> mm.MarketMaker:
     config = mm.load_config({"WALLET_PRIVATE_KEY": KEY, **env})
     clock = FakeClock()
@@ -138,8 +136,8 @@ def test_a_restart_takes_back_the_days_reward_and_round_trips(exchange, tmp_path
     path = str(tmp_path / "state.json")
     first = started(path)
     loops(first, 120)
-    first.day = mm.DayTotals(first.day.day or __import__("time").strftime(
-        "%Y-%m-%d", __import__("time").gmtime(first.clock.wall())), 2, Decimal("0.5"), Decimal("-0.1"))
+    first.day = mm.DayTotals(time.strftime("%Y-%m-%d", time.gmtime(first.clock.wall())), 2, Decimal("0.5"),
+                             Decimal("-0.1"))
     first.write_state()
     earned = first.reward.day_so_far(first._hour_time())
     assert earned > 0

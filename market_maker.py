@@ -100,6 +100,9 @@ STATUS_EVERY_S = 60.0
 # The reward programmes count a quote within this distance of the mark (either side of it).
 REWARD_BAND_BPS = Decimal(10)
 UPTIME_WINDOW_S = 3600
+# A state file of ours holds at most a day of hourly tallies: a few kB. Anything far larger is
+# not read at start (it would only slow every status line down).
+STATE_FILE_MAX_BYTES = 1_000_000
 # The running daemon's state for --status: one file per account and symbol, by default beside
 # the code so that --status finds it from any working directory.
 DEFAULT_STATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "logs")
@@ -796,17 +799,19 @@ def reward_summary(uptime: UptimeTracker, now: float) -> str:
     return f"uptime 1h={100 * last_hour:.1f}% hour={100 * this_hour:.1f}%"
 
 
-def reward_estimate(meter: RewardMeter | None, config: Config, now: float) -> str:
+def reward_estimate(meter: RewardMeter | None, config: Config, now: float, quoting_on: bool = True) -> str:
     """`reward cmy-2026-08 (estimate, second-hand rules): hour=0.001500MH@1x last=0.001480MH@1x
     today=0.031200MH`: this hour's projected score and tier, the last whole hour's, and the UTC
-    day's so far, in Maker Hours (weighted two-sided size-time; rewards.py)."""
+    day's so far, in Maker Hours (weighted two-sided size-time; rewards.py). For a daemon that
+    is stopping (quoting_on False) the hour is scored as it stands: the rest of it earns nothing."""
     head = f"reward {config.reward_programme} (estimate, second-hand rules)"
     if meter is None:
         return f"{head}: no rules for {config.symbol}"
     hour = int(now // rewards.HOUR_S)
-    this, last = meter.projected_score(hour, now), meter.projected_score(hour - 1, now)
+    this = meter.projected_score(hour, now) if quoting_on else meter.hour_score(hour)
+    last = meter.projected_score(hour - 1, now)
     return (f"{head}: hour={_score_text(this)} last={_score_text(last)} "
-            f"today={meter.day_so_far(now):.6f}MH")
+            f"today={meter.day_so_far(now, quoting_on):.6f}MH")
 
 
 def _score_text(score: rewards.HourScore | None) -> str:
@@ -943,9 +948,10 @@ class MarketMaker:
         self.fills = 0
         self.orders_placed = 0
         self.started_at = self.clock.monotonic()
-        # Uptime is bucketed by the clock hour: wall time at the start, advanced monotonically,
-        # so a step of the system clock cannot corrupt the record.
-        self.started_wall = self.clock.wall()
+        # Uptime and the reward are bucketed by the exchange's clock hour: (its time, our
+        # monotonic time) at one moment, advanced monotonically, so that a step of this host's
+        # clock cannot corrupt the record. This host's time until the login measures the offset.
+        self.hour_base = (self.clock.wall(), self.started_at)
         self.last_status_at = self.started_at
         self.status_every_s = STATUS_EVERY_S
         self.uptime = UptimeTracker()
@@ -961,10 +967,14 @@ class MarketMaker:
         self.last_read_error = ""
 
     def _hour_time(self) -> float:
-        """The exchange's time, whose clock hours the reward scores: wall time at the start,
-        advanced monotonically (a step of this host's clock cannot corrupt the record), plus the
-        offset measured from the exchange's own clock."""
-        return self.started_wall + (self.clock.monotonic() - self.started_at) + self.auth.time_offset_s
+        """The exchange's time, whose clock hours the reward scores (see hour_base)."""
+        wall, monotonic = self.hour_base
+        return wall + (self.clock.monotonic() - monotonic)
+
+    def _anchor_hours(self) -> None:
+        """Take the exchange's time as the login measured it (this host's clock plus the
+        offset) for the clock hours from now on."""
+        self.hour_base = (self.clock.wall() + self.auth.time_offset_s, self.clock.monotonic())
 
     # -- lifecycle --
 
@@ -981,6 +991,7 @@ class MarketMaker:
         """Log in, load the symbol's rules, check the account can carry the quotes, cancel our
         leftovers, read the balance."""
         self.auth.authenticate()
+        self._anchor_hours()
         self._set_rules(parse_symbol_rules(api.query_symbol_info(self.auth, self.config.symbol),
                                            self.config.symbol))
         if self.config.time_in_force == "gtc":
@@ -1116,9 +1127,10 @@ class MarketMaker:
             return  # the last loop's reads failed: no decision until a loop reads again
         self.iteration += 1
         self.regular_loops += regular
+        loop_began = self._hour_time()
         decided = self._decide_once(regular)
-        if not decided:
-            self._measure_quoting(seen=False)
+        if not decided:  # blind since the loop began: what it waited for never came
+            self._measure_quoting(seen=False, at=loop_began)
         self.failed_loops = 0 if decided else self.failed_loops + 1
         self.alerter.condition("failures", self.failed_loops >= FAILED_LOOPS_ALERT,
                                f"exchange reads failing ({self.last_read_error})")
@@ -1190,11 +1202,11 @@ class MarketMaker:
         self._maybe_log_status()
         return True
 
-    def _measure_quoting(self, seen: bool) -> None:
-        """What uptime and the reward estimate record from now on: what rests as this loop saw
-        it, or, after a loop that could not see (its reads failed), nothing: time the daemon
-        cannot see is not counted as quoting, whatever rested before."""
-        now = self._hour_time()
+    def _measure_quoting(self, seen: bool, at: float | None = None) -> None:
+        """What uptime and the reward estimate record from now (or `at`) on: what rests as this
+        loop saw it, or, for a loop that could not see (its reads failed), nothing from its
+        start: time the daemon cannot see is not counted as quoting, whatever rested before."""
+        now = self._hour_time() if at is None else at
         self.uptime.record(now, seen and self.quoting_both_sides())
         if self.reward is not None:
             self.reward.record(now, self.reward_value(self.reward) if seen else 0.0)
@@ -1943,6 +1955,9 @@ class MarketMaker:
         if self.state_path is None:
             return
         try:
+            if os.path.getsize(self.state_path) > STATE_FILE_MAX_BYTES:
+                log.warning("state file %s is too large to be ours: the day's estimate starts afresh", self.state_path)
+                return
             with open(self.state_path, encoding="utf-8") as handle:
                 state = json.load(handle)
         except (OSError, ValueError):
@@ -1958,8 +1973,10 @@ class MarketMaker:
         saved = state.get("day_totals")
         try:
             if isinstance(saved, dict) and saved.get("day") == time.strftime("%Y-%m-%d", time.gmtime(self.clock.wall())):
-                self.day = DayTotals(str(saved["day"]), int(saved["round_trips"]), wire_decimal(saved["fees"]),
-                                     wire_decimal(saved["pnl"]))
+                round_trips = int(saved["round_trips"])
+                if round_trips >= 0:
+                    self.day = DayTotals(str(saved["day"]), round_trips, wire_decimal(saved["fees"]),
+                                         wire_decimal(saved["pnl"]))
         except (KeyError, TypeError, ValueError, InvalidOperation):
             pass  # an unreadable total: the day starts again from nothing
 
@@ -1970,7 +1987,9 @@ class MarketMaker:
         state = {"updated_at": self.clock.wall(), "pid": os.getpid(), "running": not self.stop_requested,
                  "mode": self.mode, "position": str(self.position), "requotes": self.requotes,
                  "fills": self.fills, "uptime": reward_summary(self.uptime, self._hour_time()),
-                 "reward": reward_estimate(self.reward, self.config, self._hour_time()), "day": self.day.summary(),
+                 "reward": reward_estimate(self.reward, self.config, self._hour_time(),
+                                           quoting_on=not self.stop_requested),
+                 "day": self.day.summary(),
                  # what a restart takes back (_restore_estimates)
                  "reward_programme": self.config.reward_programme,
                  "reward_hours": self.reward.saved() if self.reward is not None else {},
@@ -2051,10 +2070,13 @@ def read_env_file(path: str) -> dict[str, str]:
 
 
 def number_argument(kind: Callable[[str], Any], minimum: float = 0, *,
-                    inclusive: bool = True) -> Callable[[str], Any]:
+                    inclusive: bool = True, maximum: float | None = None) -> Callable[[str], Any]:
     """An argparse type: a finite number (int, float or Decimal) at least `minimum`, or above
-    it when not `inclusive`; anything else is a one-line usage error, never a traceback."""
+    it when not `inclusive`, and at most `maximum` if given; anything else is a one-line usage
+    error, never a traceback."""
     bound = f"{'at least' if inclusive else 'greater than'} {minimum}"
+    if maximum is not None:
+        bound += f" and at most {maximum}"
 
     def parse(text: str) -> Any:
         try:
@@ -2062,7 +2084,8 @@ def number_argument(kind: Callable[[str], Any], minimum: float = 0, *,
             finite = math.isfinite(value)
         except (ValueError, ArithmeticError):
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not finite or value < minimum or (value == minimum and not inclusive):
+        if (not finite or value < minimum or (value == minimum and not inclusive)
+                or (maximum is not None and value > maximum)):
             raise argparse.ArgumentTypeError(f"must be a number {bound}: {text!r}")
         return value
     return parse

@@ -229,11 +229,14 @@ class RewardMeter:
 
     def restore(self, saved: object, now: float) -> int:
         """Take back the tallies an earlier run saved, for the hours this meter keeps up to the
-        current one (time between that run's last save and now stays unrecorded: not quoting).
-        Anything malformed is skipped. The number of hours restored."""
+        current one, or the next (`now` may be this host's time, a little behind the exchange's
+        hours); time between that run's last save and now stays unrecorded: not quoting. A
+        tally no quoting could have made (malformed, negative, over the hour or over the
+        largest value the rules allow) is skipped. The number of hours restored."""
         if not isinstance(saved, dict):
             return 0
         current = int(now // HOUR_S)
+        top = self.pair.side_cap * max(weight for _, weight in self.programme.weights) / self.pair.unit
         restored = 0
         for key, fields in saved.items():
             try:
@@ -244,9 +247,12 @@ class RewardMeter:
             except (TypeError, ValueError):
                 continue
             numbers = [tally.observed_s, tally.two_sided_s, tally.value_s, *tally.seconds_at, *tally.seconds_at.values()]
-            if (current - self._keep_hours < hour <= current and hour not in self.hours
+            if (current - self._keep_hours < hour <= current + 1 and hour not in self.hours
                     and all(math.isfinite(n) and n >= 0 for n in numbers)
-                    and tally.two_sided_s <= tally.observed_s <= HOUR_S):
+                    and tally.two_sided_s <= tally.observed_s <= HOUR_S
+                    and tally.value_s <= tally.two_sided_s * top * (1 + 1e-9)
+                    and all(value <= top * (1 + 1e-9) for value in tally.seconds_at)
+                    and sum(tally.seconds_at.values()) <= tally.two_sided_s * (1 + 1e-9)):
                 self.hours[hour] = tally
                 restored += 1
         return restored
@@ -265,9 +271,11 @@ class RewardMeter:
         remaining = max(0.0, (hour + 1) * HOUR_S - now)
         return score_hour(self.programme, self.pair, tally.scaled((tally.observed_s + remaining) / tally.observed_s))
 
-    def earned(self, hour: int, now: float) -> float:
+    def earned(self, hour: int, now: float, quoting_on: bool = True) -> float:
         """Maker Hours the hour has earned by `now`: its projected score, for the part of it
-        recorded so far."""
+        recorded so far; when quoting stops here (quoting_on False), its score as it stands."""
+        if not quoting_on:
+            return self.hour_score(hour).maker_hours
         projected = self.projected_score(hour, now)
         if projected is None:
             return 0.0
@@ -279,13 +287,13 @@ class RewardMeter:
         """The recorded hours from the one holding `since` to the last that starts before `until`."""
         return sorted(hour for hour in self.hours if int(since // HOUR_S) <= hour and hour * HOUR_S < until)
 
-    def earned_between(self, since: float, until: float, now: float) -> float:
-        """Maker Hours the hours_between(since, until) have earned by `now`."""
-        return sum(self.earned(hour, now) for hour in self.hours_between(since, until))
+    def earned_between(self, since: float, until: float, now: float, quoting_on: bool = True) -> float:
+        """Maker Hours the hours_between(since, until) have earned by `now` (see earned)."""
+        return sum(self.earned(hour, now, quoting_on) for hour in self.hours_between(since, until))
 
-    def day_so_far(self, now: float) -> float:
-        """Maker Hours of the UTC day so far."""
-        return self.earned_between(now - now % (24 * HOUR_S), now, now)
+    def day_so_far(self, now: float, quoting_on: bool = True) -> float:
+        """Maker Hours of the UTC day so far (see earned)."""
+        return self.earned_between(now - now % (24 * HOUR_S), now, now, quoting_on)
 
 
 def tier_label(tier: Tier | None) -> str:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -65,6 +66,13 @@ liquidation, TP/SL orders, placing orders over the order response stream, severa
 """
 
 
+# Bounds of a replay's inputs: a synthetic hour's seed sets its date (a seed too large would put
+# it past the calendar), and a latency beyond a minute is a typo, not a network.
+MAX_SEED = 1_000_000
+MAX_LATENCY_MS = 60_000.0
+MAX_HOURS = 1000
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m standx_sim", description="A local StandX Perps simulator.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -108,16 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default calm; see standx_sim/presets.py)")
     market.add_argument("--market-data", nargs="+", metavar="PREFIX", default=None,
                         help="recorded hours instead: PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz each")
-    backtest.add_argument("--hours", type=number_argument(int, inclusive=False), default=None,
+    backtest.add_argument("--hours", type=number_argument(int, inclusive=False, maximum=MAX_HOURS), default=None,
                           help="synthetic hours to run, each with its own seed (default 1)")
-    backtest.add_argument("--seed", type=int, default=None,
+    backtest.add_argument("--seed", type=number_argument(int, maximum=MAX_SEED), default=None,
                           help="seed of the first synthetic hour; the next ones take the following seeds (default 0)")
-    backtest.add_argument("--latency-ms", type=number_argument(float), default=150.0,
+    backtest.add_argument("--latency-ms", type=number_argument(float, maximum=MAX_LATENCY_MS), default=150.0,
                           help="round-trip latency of every request, on the virtual clock (default 150)")
     backtest.add_argument("--price-feed", choices=("ws", "rest"), default=None,
                           help="overrides MARKET_MAKER_PRICE_FEED: ws (default) listens to the streams, rest "
                                "reads everything by REST")
-    backtest.add_argument("--feed-latency-ms", type=number_argument(float, inclusive=False), default=50.0,
+    backtest.add_argument("--feed-latency-ms", type=number_argument(float, inclusive=False, maximum=MAX_LATENCY_MS), default=50.0,
                           help="how long a stream message takes to reach the daemon, on the virtual clock "
                                "(default 50)")
     backtest.add_argument("--mark", choices=MARK_MODELS, default="standx",
@@ -174,9 +182,9 @@ def add_sweep_command(commands: argparse._SubParsersAction) -> None:
                              f"known: {','.join(sorted(PRESETS))})")
     market.add_argument("--market-data", nargs="+", metavar="PREFIX", default=None,
                         help="recorded hours instead: PREFIX.bbo.csv.gz + PREFIX.trades.csv.gz each")
-    parser.add_argument("--hours", type=number_argument(int, inclusive=False), default=1,
+    parser.add_argument("--hours", type=number_argument(int, inclusive=False, maximum=MAX_HOURS), default=1,
                         help="synthetic hours of each preset, each with its own seed (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first synthetic hour (default 0)")
+    parser.add_argument("--seed", type=number_argument(int, maximum=MAX_SEED), default=0, help="seed of the first synthetic hour (default 0)")
     parser.add_argument("--bands", type=comma_list, default=list(DEFAULT_BANDS), metavar="LIST",
                         help=f"TARGET/MIN/MAX bps each (default {','.join(DEFAULT_BANDS)})")
     parser.add_argument("--intervals", type=comma_list, default=None, metavar="LIST",
@@ -193,9 +201,9 @@ def add_sweep_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--maker-hour-value", type=number_argument(Decimal), default=DEFAULT_MAKER_HOUR_VALUE,
                         metavar="DUSD", help=f"what one Maker Hour is worth to you, for the net value (default "
                                              f"{DEFAULT_MAKER_HOUR_VALUE}, an assumption: StandX publishes no rate)")
-    parser.add_argument("--latency-ms", type=number_argument(float), default=150.0,
+    parser.add_argument("--latency-ms", type=number_argument(float, maximum=MAX_LATENCY_MS), default=150.0,
                         help="round-trip latency of every request, on the virtual clock (default 150)")
-    parser.add_argument("--feed-latency-ms", type=number_argument(float, inclusive=False), default=50.0,
+    parser.add_argument("--feed-latency-ms", type=number_argument(float, inclusive=False, maximum=MAX_LATENCY_MS), default=50.0,
                         help="how long a stream message takes to reach the daemon (default 50)")
     parser.add_argument("--mark", choices=MARK_MODELS, default="standx", help="the simulator's mark price model")
     parser.add_argument("--max-seconds", type=number_argument(float, inclusive=False), default=None,
@@ -494,9 +502,13 @@ def interruptible(command: Callable[[argparse.Namespace], int], args: argparse.N
         return command(args)
     except KeyboardInterrupt:
         signum = received[0] if received else signal.SIGINT
-        print(f"standx_sim: {args.command} interrupted by {signal.Signals(signum).name}: its report is "
-              f"not complete, nothing more was written", file=sys.stderr)
+        print(f"standx_sim: {args.command} interrupted by {signal.Signals(signum).name}: its report may be "
+              f"missing or incomplete", file=sys.stderr)
         return 128 + signum
+    except BrokenProcessPool:
+        print(f"standx_sim: {args.command}: a worker process died (killed, or out of memory?): no report; "
+              f"try fewer --jobs", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
 

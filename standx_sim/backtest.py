@@ -57,6 +57,7 @@ import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -232,18 +233,21 @@ def in_processes(func: Callable[[Any], Any], items: Sequence[Any], jobs: int) ->
     workers = min(jobs, len(items))
     if workers <= 1:
         return [func(item) for item in items]
-    pool = multiprocessing.Pool(workers, initializer=_leave_signals_to_the_parent)
+    pool = ProcessPoolExecutor(workers, initializer=_leave_signals_to_the_parent)
     try:
-        pending = pool.map_async(func, items, chunksize=1)
-        while not pending.ready():
-            pending.wait(0.2)  # short waits: a signal is handled between them
-        results = pending.get()
+        futures = [pool.submit(func, item) for item in items]
+        pending = set(futures)
+        while pending:  # short waits: a signal is handled between them
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            if any(future.exception() for future in done):
+                break  # the first failure (a worker that died: BrokenProcessPool) goes up
+        results = [future.result() for future in futures]
     except BaseException:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():  # the pool's workers, busy or not
+            child.terminate()
         raise
-    pool.close()
-    pool.join()
+    pool.shutdown()
     return results
 
 

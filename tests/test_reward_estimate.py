@@ -116,10 +116,18 @@ def test_time_the_daemon_cannot_see_counts_as_not_quoting(exchange):
     assert maker.uptime.share_since(0) == pytest.approx((seen + 30) / 690, abs=0.01)
 
 
-def test_the_hours_are_the_exchanges_when_this_hosts_clock_is_off(exchange):
-    maker = started()
-    maker.auth.time_offset_s = -1500.0  # this host runs 25 minutes ahead of the exchange
-    assert maker._hour_time() == pytest.approx(maker.clock.wall() - 1500.0)
+def test_the_hours_are_the_exchanges_and_a_later_step_of_this_hosts_clock_changes_nothing(exchange):
+    config = mm.load_config({"WALLET_PRIVATE_KEY": KEY})
+    clock = FakeClock()
+    maker = mm.MarketMaker(config, FakeAuth(clock), clock=clock, run_id="abc123")
+    maker.auth.time_offset_s = -1500.0  # the login found this host 25 minutes ahead of the exchange
+    maker.start()
+    exchange_now = clock.wall() - 1500.0
+    assert maker._hour_time() == pytest.approx(exchange_now)
+    clock.step_wall(900)  # then this host's clock jumps (and the next requests re-measure the offset)
+    maker.auth.time_offset_s = -2400.0
+    clock.sleep(10)
+    assert maker._hour_time() == pytest.approx(exchange_now + 10)
 
 
 def test_a_quote_on_the_wrong_side_of_the_mark_still_counts_as_quoting(exchange):
@@ -183,3 +191,39 @@ def test_a_replay_starting_late_into_its_hour_is_named_as_unable_to_reach_the_ti
     warn_of_short_hours([{"hour": "on-time", "start_ts": 7200.4}, {"hour": "late", "start_ts": 7200 + 35 * 60}])
     out = capsys.readouterr().out
     assert "on-time" not in out and "late starts 35 minutes into its clock hour" in out
+
+
+def test_the_wait_for_a_read_that_fails_counts_as_blind_too(exchange, monkeypatch):
+    maker = started()
+    loops(maker, 10)
+    before = two_sided_s(maker)
+
+    def slow_failure(*_args, **_kwargs):
+        maker.clock.sleep(10)  # the read hangs until its timeout
+        raise mm.StandXError("read timed out", None)
+
+    monkeypatch.setattr(exchange, "query_symbol_price", slow_failure)
+    monkeypatch.setattr(exchange, "query_positions", slow_failure)
+    maker.clock.sleep(0.5)
+    maker.run_once()
+    assert two_sided_s(maker) == pytest.approx(before + 0.5, abs=0.01)  # not + 10.5
+
+
+def test_a_stopped_daemons_hour_is_scored_as_it_stands(exchange, tmp_path):
+    maker = started(str(tmp_path / "state.json"))  # FakeClock starts 800 s into its clock hour
+    loops(maker, 300)
+    assert "hour=" in maker.status_line() and "MH@1x" in maker.status_line()  # on track while quoting
+    maker.request_stop("test")
+    maker.write_state()
+    saved = mm.read_state(str(tmp_path / "state.json"), maker.clock.wall())
+    # stopped after 5 two-sided minutes of the hour: short of 30, it earns nothing
+    assert "hour=0.000000MH@no tier" in saved and "today=0.000000MH" in saved
+
+
+def test_a_tally_no_quoting_could_make_is_not_taken_back():
+    programme = PROGRAMMES["uptime-2026-01"]
+    meter = mm.RewardMeter(programme, programme.pairs["BTC-USD"])
+    hour = 20_000
+    saved = {str(hour): [3600, 3600, 1e300 * 3600, [[1e300, 3600]]],  # over the 2 BTC cap
+             str(hour - 1): [3600, 3600, 0.0025 * 3600, [[0.0025, 3600]]]}
+    assert meter.restore(saved, hour * HOUR_S + 10) == 1 and list(meter.hours) == [hour - 1]

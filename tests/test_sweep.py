@@ -190,3 +190,24 @@ def test_sigterm_ends_the_sweep_and_its_workers_with_one_line(tmp_path):
     assert err.count("\n") == 1 and "sweep interrupted by SIGTERM" in err
     time.sleep(0.5)
     assert not [pid for pid in children if os.path.exists(f"/proc/{pid}")]
+
+
+def _die(_item: int) -> None:
+    os.kill(os.getpid(), 9)  # a worker killed (the OOM killer, kill -9)
+
+
+def test_a_worker_that_dies_ends_the_run_with_an_error_not_a_hang():
+    from concurrent.futures.process import BrokenProcessPool
+    from standx_sim.backtest import in_processes
+    with pytest.raises(BrokenProcessPool):
+        in_processes(_die, [1, 2, 3], 2)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--seed", "1000000000"), "--seed: must be a number at least 0 and at most 1000000"),
+    (("--latency-ms", "1e12"), "--latency-ms: must be a number at least 0 and at most 60000"),
+])
+def test_replay_inputs_out_of_bounds_are_usage_errors(args, message, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sweep_in_process(args, None, monkeypatch, capsys)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -83,7 +83,8 @@ TIMING_FIELDS = ("wall_s", "speedup")
 TIMING_NOTE = "wall_s and speedup are the only timing-dependent fields; all others are identical for the same inputs"
 DECIMALS = 6
 
-FIGURES = ("uptime_pct", "maker_hours", "maker_hours_per_hour", "tier_1x_hours", "tier_half_hours", "fills", "fills_per_hour", "partial_fills",
+FIGURES = ("uptime_pct", "maker_hours", "maker_hours_per_hour", "tier_1x_hours", "tier_half_hours", "fills",
+           "fills_per_hour", "partial_fills",
            "taker_fills", "orders_placed", "post_only_rejects", "rejected_in_matching", "requotes", "requests",
            "requests_per_s", "rate_limited", "pnl", "fees", "max_orders_per_side", "sim_seconds", "wall_s",
            "speedup", "exit_code")
@@ -164,7 +165,7 @@ def replay_session(adapter: InProcessAdapter, lean: bool = True) -> requests.Ses
 
 def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Decimal, latency_ms: float = 150.0,
              max_seconds: float | None = None, lean: bool = True, mark: str = "standx",
-             feed_latency_ms: float = 50.0, programme: Programme | None = PROGRAMMES[DEFAULT_PROGRAMME]) -> dict:
+             feed_latency_ms: float = 50.0, programme: Programme = PROGRAMMES[DEFAULT_PROGRAMME]) -> dict:
     """Replay one hour with the daemon the factory builds; the hour's figures (see the module
     docstring), its reward scored under `programme`. meter_qty: the smallest quote that counts for uptime (the daemon's order size);
     lean: the daemon's Session is an InProcessSession (see replay_session); mark: the
@@ -209,7 +210,7 @@ def run_hour(source: str | SyntheticHour, daemon: DaemonFactory, meter_qty: Deci
 def run_hours(sources: Sequence[str | SyntheticHour], daemon: DaemonFactory, meter_qty: Decimal,
               latency_ms: float = 150.0, max_seconds: float | None = None, jobs: int = 1,
               lean: bool = True, mark: str = "standx", feed_latency_ms: float = 50.0,
-              programme: Programme | None = PROGRAMMES[DEFAULT_PROGRAMME]) -> list[dict]:
+              programme: Programme = PROGRAMMES[DEFAULT_PROGRAMME]) -> list[dict]:
     """run_hour for each source, the figures in the order of the sources: in this process with
     jobs=1, else on up to `jobs` processes. Each hour starts from nothing but its source, so the
     figures are the same either way; the daemon factory must pickle (a functools.partial of a
@@ -310,7 +311,7 @@ def report_json(data: dict) -> str:
 
 def format_figure(value) -> str:
     if isinstance(value, float):
-        if 0 < abs(value) < 0.01:  # Maker Hours of a small quote: 0.0015, not 0.0015 rounded to 0.0014
+        if 0 < abs(value) < 0.01:  # Maker Hours of a small quote keep their digits: 0.001206, not 0.0012
             return f"{value:.6f}"
         return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.2f}"
     return str(value)

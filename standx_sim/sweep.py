@@ -111,7 +111,7 @@ class Job(NamedTuple):
 
 
 def run_sweep(factories: Sequence[DaemonFactory], qtys: Sequence[Decimal], sources: Sequence[str | SyntheticHour],
-              jobs: int, programme: Programme | None, **backtest: Any) -> list[list[dict]]:
+              jobs: int, programme: Programme, **backtest: Any) -> list[list[dict]]:
     """Each setting's hours (run_hour), in the order of the factories and of the sources. The
     hours run on up to `jobs` processes; each depends on its inputs alone, so the figures are
     the same on one."""
@@ -127,7 +127,7 @@ def run_sweep(factories: Sequence[DaemonFactory], qtys: Sequence[Decimal], sourc
 class _RunHour:
     """run_hour with the sweep's fixed arguments, picklable for the process pool."""
 
-    def __init__(self, programme: Programme | None, backtest: dict[str, Any]) -> None:
+    def __init__(self, programme: Programme, backtest: dict[str, Any]) -> None:
         self.programme, self.backtest = programme, backtest
 
     def __call__(self, run: tuple[DaemonFactory, Decimal, str | SyntheticHour]) -> dict:

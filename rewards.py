@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 HOUR_S = 3600
-UNIT = "Maker Hours"
 # Distances are computed in floats: a quote exactly on the band's edge must not fall off it by
 # a rounding error.
 EDGE_BPS = 1e-9
@@ -108,14 +107,6 @@ PROGRAMMES: dict[str, Programme] = {p.name: p for p in (
     ),
 )}
 DEFAULT_PROGRAMME = "cmy-2026-08"
-
-
-def programme_named(name: str) -> Programme:
-    """The programme of this name; KeyError names the known ones."""
-    try:
-        return PROGRAMMES[name]
-    except KeyError:
-        raise KeyError(f"unknown reward programme {name!r} (known: {', '.join(sorted(PROGRAMMES))})") from None
 
 
 def distance_bps(price: float, reference: float) -> float:

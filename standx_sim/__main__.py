@@ -287,7 +287,8 @@ def sweep_command(args: argparse.Namespace) -> int:
         except sweep.SweepError as exc:
             print(f"standx_sim: {exc}", file=sys.stderr)
             code = 1
-    print(f"\ntook {time.monotonic() - started:.1f} s with {args.jobs} processes (timing: the only line that varies)")
+    processes = min(args.jobs, len(settings) * len(sources))
+    print(f"\ntook {time.monotonic() - started:.1f} s with {processes} processes (timing: the only line that varies)")
     return code
 
 

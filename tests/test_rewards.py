@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from rewards import (DEFAULT_PROGRAMME, HOUR_S, PROGRAMMES, HourTally, RewardMeter, pair_value, programme_named,
+from rewards import (DEFAULT_PROGRAMME, HOUR_S, PROGRAMMES, HourTally, RewardMeter, pair_value,
                      score_hour)
 
 CMY = PROGRAMMES["cmy-2026-08"]
@@ -154,11 +154,6 @@ def test_the_meter_keeps_a_bounded_number_of_hours():
     for k in range(10):
         meter.record(HOUR0 + k * HOUR_S, 0.001)
     assert len(meter.hours) <= 3
-
-
-def test_an_unknown_programme_names_the_known_ones():
-    with pytest.raises(KeyError, match="cmy-2026-08.*uptime-2026-01"):
-        programme_named("cmy-2027")
 
 
 def test_a_tally_scaled_keeps_its_shape():

@@ -66,8 +66,9 @@ liquidation, TP/SL orders, placing orders over the order response stream, severa
 """
 
 
-# Bounds of a replay's inputs: a synthetic hour's seed sets its date (a seed too large would put
-# it past the calendar), and a latency beyond a minute is a typo, not a network.
+# Bounds of a replay's inputs, beyond which a value is a typo: a synthetic hour's seed also sets
+# its date (an hour per seed; some 70 million would pass the year 9999), and a latency beyond a
+# minute is not a network the daemon can quote over.
 MAX_SEED = 1_000_000
 MAX_LATENCY_MS = 60_000.0
 MAX_HOURS = 1000
@@ -491,14 +492,17 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def interruptible(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command that may take minutes: Ctrl-C or SIGTERM ends it, and every worker
-    process, with one line and exit code 130 or 143."""
+    process, with one line and exit code 130 or 143. Only the first signal interrupts: a second
+    one (Ctrl-C pressed twice) must not break into the ending of the workers."""
     received: list[int] = []
 
-    def on_term(signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, _frame: Any) -> None:
+        if received:
+            return
         received.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return command(args)
     except KeyboardInterrupt:
@@ -511,7 +515,8 @@ def interruptible(command: Callable[[argparse.Namespace], int], args: argparse.N
               f"try fewer --jobs", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -229,24 +229,28 @@ def _leave_signals_to_the_parent() -> None:
 
 def in_processes(func: Callable[[Any], Any], items: Sequence[Any], jobs: int) -> list:
     """func of each item, in their order: in this process with jobs <= 1, else on up to `jobs`
-    worker processes. An interrupt (KeyboardInterrupt) in this process ends every worker at
-    once, then goes on up: nothing is left running."""
+    worker processes. The first failure (an error in func, a worker that died:
+    BrokenProcessPool) or an interrupt (KeyboardInterrupt) in this process ends every worker
+    at once, then goes on up: nothing is left running."""
     workers = min(jobs, len(items))
     if workers <= 1:
         return [func(item) for item in items]
+    others = set(multiprocessing.active_children())  # children that are not the pool's
     pool = ProcessPoolExecutor(workers, initializer=_leave_signals_to_the_parent)
     try:
         futures = [pool.submit(func, item) for item in items]
         pending = set(futures)
         while pending:  # short waits: a signal is handled between them
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-            if any(future.exception() for future in done):
-                break  # the first failure (a worker that died: BrokenProcessPool) goes up
+            failure = next((future.exception() for future in done if future.exception()), None)
+            if failure is not None:
+                raise failure
         results = [future.result() for future in futures]
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for child in multiprocessing.active_children():  # the pool's workers, busy or not
+        for child in set(multiprocessing.active_children()) - others:  # the pool's workers, busy or not
             child.terminate()
+        # waits for the pool's own thread, which would otherwise race the interpreter's exit
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown()
     return results

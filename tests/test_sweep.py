@@ -211,3 +211,19 @@ def test_replay_inputs_out_of_bounds_are_usage_errors(args, message, monkeypatch
     with pytest.raises(SystemExit) as exit_:
         sweep_in_process(args, None, monkeypatch, capsys)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def _slow_or_failing(item: int) -> int:
+    if item == 0:
+        import time
+        time.sleep(30)  # a long hour
+    raise ValueError(f"item {item} cannot run")
+
+
+def test_an_error_in_one_worker_ends_the_run_without_waiting_for_the_others():
+    import time
+    from standx_sim.backtest import in_processes
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="item 1 cannot run"):
+        in_processes(_slow_or_failing, [0, 1], 2)
+    assert time.monotonic() - started < 20  # not the 30 s of the long hour

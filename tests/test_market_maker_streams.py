@@ -137,6 +137,11 @@ def settle_quotes(maker: mm.MarketMaker, exchange: FakeApi, streams: FakeStreams
     return ours
 
 
+def push_position(streams: FakeStreams, qty: str, second: int) -> None:
+    """The stream pushes our BTC-USD position row: qty, stamped at ISO_BASE's `second`."""
+    streams.frame("position", {"symbol": "BTC-USD", "qty": qty, "updated_at": ISO_BASE.format(second)}, symbol=None)
+
+
 def test_a_fresh_stream_price_replaces_the_rest_price_read(maker, exchange, streams):
     maker.run_once()
     assert reads_of(exchange, "query_symbol_price") == 0
@@ -249,8 +254,7 @@ def test_a_fill_is_closed_from_the_position_event_at_once(maker, exchange, strea
 def test_a_streamed_position_older_than_the_rest_read_is_ignored(maker, exchange, streams):
     settle_quotes(maker, exchange, streams)
     maker.position_updated_at = mm.exchange_time(ISO_BASE.format(9))
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
-                  symbol=None)
+    push_position(streams, "0.005", 5)
     woken(maker)
     assert exchange.calls_of("new_market_order") == []
     assert maker.position == 0
@@ -261,7 +265,7 @@ def test_a_streamed_flat_position_does_not_unblock_a_side_before_rest_confirms(m
     exchange.position = Decimal("0.005")
     regular(maker, mm.STREAM_POSITION_EVERY_S)  # REST shows the position: closing
     assert maker.position == Decimal("0.005")
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "0", "updated_at": ISO_BASE.format(30)}, symbol=None)
+    push_position(streams, "0", 30)
     woken(maker)
     assert maker.position == Decimal("0.005")
 
@@ -371,8 +375,7 @@ def test_a_streamed_fill_stands_while_the_rest_position_lags_it(maker, exchange,
     ours = settle_quotes(maker, exchange, streams)
     exchange.open.remove(ours["buy"])
     exchange.position_updated_at = ISO_BASE.format(1)  # REST: flat, as of before the fill
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
-                  symbol=None)
+    push_position(streams, "0.005", 5)
     woken(maker)
     for _ in range(6):
         regular(maker)
@@ -387,8 +390,7 @@ def test_a_streamed_fill_stands_while_the_rest_position_lags_it(maker, exchange,
 
 def test_a_streamed_position_row_is_taken_once(maker, exchange, streams):
     settle_quotes(maker, exchange, streams)
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
-                  symbol=None)
+    push_position(streams, "0.005", 5)
     woken(maker)
     exchange.position = Decimal(0)
     exchange.position_updated_at = ISO_BASE.format(7)  # REST: flat after the close
@@ -401,8 +403,7 @@ def test_a_streamed_position_row_is_taken_once(maker, exchange, streams):
 
 def test_the_rest_position_wins_again_once_the_streamed_one_is_old(maker, exchange, streams):
     settle_quotes(maker, exchange, streams)
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
-                  symbol=None)
+    push_position(streams, "0.005", 5)
     woken(maker)
     regular(maker, mm.STREAM_POSITION_TRUST_S + 0.1)  # REST still shows nothing at all
     assert maker.position == 0
@@ -412,11 +413,9 @@ def test_a_fill_and_its_close_count_once_while_rest_answers_lag_both(maker, exch
     """REST position answers lagging: after the stream showed the fill and then the close, REST
     still answers the position from between them. That older answer is no second fill."""
     settle_quotes(maker, exchange, streams)
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
-                  symbol=None)
+    push_position(streams, "0.005", 5)
     woken(maker)
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "0", "updated_at": ISO_BASE.format(6)},
-                  symbol=None)
+    push_position(streams, "0", 6)
     woken(maker)
     exchange.position, exchange.position_updated_at = Decimal(0), ISO_BASE.format(1)  # before the fill
     regular(maker, mm.STREAM_POSITION_EVERY_S)
@@ -461,18 +460,15 @@ def test_a_fill_after_the_exchange_clock_stepped_back_is_closed_at_once(maker, e
     """The stream's flat row is stamped later than a new fill (the exchange's clock stepped
     back): the fill, by REST or by the stream, is news and is closed at once."""
     settle_quotes(maker, exchange, streams)
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(50)},
-                  symbol=None)
+    push_position(streams, "0.005", 50)
     woken(maker)
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "0", "updated_at": ISO_BASE.format(51)},
-                  symbol=None)
+    push_position(streams, "0", 51)
     exchange.position, exchange.position_updated_at = Decimal(0), ISO_BASE.format(51)
     regular(maker, mm.CLOSE_SETTLE_S)
     assert maker.position == 0
     closes = len(exchange.calls_of("new_market_order"))
     exchange.position, exchange.position_updated_at = Decimal("-0.005"), ISO_BASE.format(10)  # stepped back
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "-0.005", "updated_at": ISO_BASE.format(10)},
-                  symbol=None)
+    push_position(streams, "-0.005", 10)
     woken(maker)
     regular(maker)
     assert maker.position == Decimal("-0.005")
@@ -482,8 +478,7 @@ def test_a_fill_after_the_exchange_clock_stepped_back_is_closed_at_once(maker, e
 
 def test_a_streamed_row_seen_again_after_a_reconnect_is_not_news(maker, exchange, streams):
     settle_quotes(maker, exchange, streams)
-    streams.frame("position", {"symbol": "BTC-USD", "qty": "0.005", "updated_at": ISO_BASE.format(5)},
-                  symbol=None)
+    push_position(streams, "0.005", 5)
     woken(maker)
     exchange.position, exchange.position_updated_at = Decimal(0), ISO_BASE.format(7)
     regular(maker, mm.CLOSE_SETTLE_S)
